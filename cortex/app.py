@@ -1,0 +1,88 @@
+"""The app factory."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+from typing import Any, Iterable, Mapping
+
+import sqlalchemy.exc
+from flask import Flask, jsonify
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from cortex.config import load_config
+from cortex.control import ControlStore
+from cortex.ingest.keys import KeyCache
+from cortex.ingest.views import add_cors_headers, blueprint as ingest_blueprint
+from cortex.plugins import check_configured_types, collect_types, describe_plugins, make_plugin_manager
+from cortex.queue import SQLiteQueue
+from cortex.state import CortexState
+
+
+def create_app(
+    config_path: str | os.PathLike | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    plugins: Iterable[Any] = (),
+) -> Flask:
+    """Create a Cortex Flask app.
+
+    ``config_path`` names a TOML file (default: ``$CORTEX_CONFIG``); ``overrides`` is a
+    nested dict applied last; ``plugins`` are extra plugin objects registered besides the
+    installed ones (handy in tests).  Raises :class:`cortex.config.ConfigError` when the
+    configuration is unusable, e.g. a sink type no installed plugin provides.
+    """
+    config = load_config(config_path, overrides)
+    logging.basicConfig(level=config["logging"]["level"], format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    manager = make_plugin_manager(plugins)
+    registry = collect_types(manager)
+    check_configured_types(config, registry)
+
+    os.makedirs(config["data_dir"], exist_ok=True)
+    control = ControlStore(config["control_db"])
+    queue = SQLiteQueue(config["queue"]["path"], config["queue"]["durability"])
+    _create_schemas(control, queue)
+    state = CortexState(
+        config=config,
+        plugins=manager,
+        registry=registry,
+        control=control,
+        queue=queue,
+        keys=KeyCache(control, ttl=config["ingest"]["key_cache_seconds"]),
+    )
+
+    app = Flask("cortex")
+    app.config["MAX_CONTENT_LENGTH"] = None  # the ingest views enforce their own cap
+    app.extensions["cortex"] = state
+    hops = config["server"]["trust_proxy_hops"]
+    if hops:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
+    app.register_blueprint(ingest_blueprint)
+    app.after_request(add_cors_headers)
+    _register_introspection(app, state)
+    manager.hook.startup(app=app)
+    return app
+
+
+def _create_schemas(control: ControlStore, queue: SQLiteQueue) -> None:
+    # several gunicorn workers start at once; creating tables is idempotent but may race
+    for attempt in range(5):
+        try:
+            control.create_schema()
+            queue.create_schema()
+            return
+        except (sqlalchemy.exc.OperationalError, sqlite3.OperationalError):
+            if attempt == 4:
+                raise
+            import time
+
+            time.sleep(0.2 * (attempt + 1))
+
+
+def _register_introspection(app: Flask, state: CortexState) -> None:
+    @app.get("/-/plugins")
+    def plugins_view():
+        """The loaded plugins and the sink and enricher types each registered."""
+        return jsonify(describe_plugins(state.plugins, state.registry))
+

@@ -1,0 +1,247 @@
+"""Configuration: defaults < TOML file < ``CORTEX_*`` environment < ``create_app`` overrides.
+
+The file is found at ``$CORTEX_CONFIG`` (or the path given to ``create_app`` / ``--config``).
+Environment variables name a key path with ``__`` between levels:
+``CORTEX_QUEUE__DURABILITY=fsync`` sets ``[queue] durability``.  Their values are parsed as
+TOML values when they parse (numbers, booleans, arrays), else taken as strings.
+
+Secrets are never written in the file itself; a value may instead be a reference,
+``{ env = "NAME" }`` or ``{ file = "/run/secrets/name" }``, resolved at load time into a
+:class:`Secret` whose ``repr`` does not show the value.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+ENV_PREFIX = "CORTEX_"
+
+DEFAULTS: dict[str, Any] = {
+    # where the queue, the embedded databases and the file sink live
+    "data_dir": "./cortex-data",
+    # SQLAlchemy URL of the control database (orgs, apps, keys); default: SQLite in data_dir
+    "control_db": "",
+    "server": {
+        "bind": "127.0.0.1:8000",
+        "workers": 2,
+        "threads": 1,
+        "worker_class": "sync",
+        "timeout": 30,
+        "graceful_timeout": 30,
+        "keepalive": 5,
+        "max_requests": 0,
+        "trust_proxy_hops": 0,
+    },
+    "ingest": {
+        "max_body_bytes": 1_048_576,
+        "max_events_per_bundle": 100,
+        # skew between client and server clocks (seconds) beyond which event times are corrected
+        "clock_skew_threshold": 60,
+        # events more than this many seconds in the future (after correction) are clamped
+        "future_tolerance": 300,
+        "dedupe_window_days": 7,
+        # default for apps that do not set their own: reject whole bundles with an invalid event
+        "strict": False,
+        # seconds an API key lookup is cached per process (revocation takes effect within it)
+        "key_cache_seconds": 5,
+    },
+    "queue": {
+        "backend": "sqlite",
+        # "os": survives kill -9 of any process; "fsync": also survives power loss
+        "durability": "os",
+        "path": "",
+    },
+    "dispatcher": {
+        # run the dispatcher inside the server (one elected worker) or only in `cortex worker`
+        "embedded": True,
+        "batch_size": 1000,
+        "poll_interval": 0.2,
+        "retry_initial": 0.5,
+        "retry_max": 60.0,
+    },
+    "sinks": {
+        "sql": {"type": "sql"},
+    },
+    "enrichers": {},
+    "logging": {"level": "INFO"},
+}
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message says which key and what to do."""
+
+
+class Secret:
+    """A configuration value that must not be printed; ``reveal()`` gives the value."""
+
+    __slots__ = ("_value", "source")
+
+    def __init__(self, value: str, source: str):
+        self._value = value
+        self.source = source
+
+    def reveal(self) -> str:
+        """The secret's value, for the code that uses it."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"Secret(from {self.source})"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+def reveal(value: Any) -> Any:
+    """``value`` itself, or the value of a :class:`Secret`."""
+    return value.reveal() if isinstance(value, Secret) else value
+
+
+def merge(base: dict, override: Mapping) -> dict:
+    """Recursively merge ``override`` into a copy of ``base``; tables merge, values replace."""
+    result = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(result.get(key), dict) and not _is_ref(value):
+            result[key] = merge(result[key], value)
+        else:
+            result[key] = copy.deepcopy(value)
+    return result
+
+
+def _is_ref(value: Mapping) -> bool:
+    return set(value) in ({"env"}, {"file"})
+
+
+def _resolve_secrets(value: Any, where: str) -> Any:
+    if isinstance(value, Mapping):
+        if _is_ref(value):
+            if "env" in value:
+                name = value["env"]
+                if name not in os.environ:
+                    raise ConfigError(
+                        f"{where} refers to the environment variable {name}, which is not set"
+                    )
+                return Secret(os.environ[name], f"${name}")
+            path = Path(value["file"])
+            try:
+                return Secret(path.read_text().strip(), str(path))
+            except OSError as error:
+                raise ConfigError(f"{where} refers to the file {path}: {error.strerror}") from None
+        return {k: _resolve_secrets(v, f"{where}.{k}" if where else k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_resolve_secrets(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+def _parse_env_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def environment_overrides(environ: Mapping[str, str]) -> dict:
+    """The configuration given by ``CORTEX_*`` variables, as a nested dict."""
+    result: dict = {}
+    for name, text in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == "CORTEX_CONFIG":
+            continue
+        path = [part.lower() for part in name[len(ENV_PREFIX):].split("__") if part]
+        if not path:
+            continue
+        node = result
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = _parse_env_value(text)
+    return result
+
+
+def load_file(path: str | os.PathLike) -> dict:
+    """Read a TOML configuration file, with an error that names the file and the line."""
+    path = Path(path)
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"configuration file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"configuration file {path} is not valid TOML: {error}") from None
+
+
+def load_config(
+    path: str | os.PathLike | None = None,
+    overrides: Mapping | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> dict:
+    """Build the effective configuration from all four layers, secrets resolved."""
+    environ = os.environ if environ is None else environ
+    config = copy.deepcopy(DEFAULTS)
+    path = path or environ.get("CORTEX_CONFIG")
+    if path:
+        config = merge(config, load_file(path))
+        config["config_file"] = str(Path(path).resolve())
+    config = merge(config, environment_overrides(environ))
+    if overrides:
+        config = merge(config, overrides)
+    config = _resolve_secrets(config, "")
+    return finish(config)
+
+
+def finish(config: dict) -> dict:
+    """Fill derived values (absolute data_dir, default database paths) and check types."""
+    data_dir = Path(str(config["data_dir"])).expanduser().resolve()
+    config["data_dir"] = str(data_dir)
+    if not config.get("control_db"):
+        config["control_db"] = f"sqlite:///{data_dir / 'control.db'}"
+    if not config["queue"].get("path"):
+        config["queue"]["path"] = str(data_dir / "queue.db")
+    if config["queue"]["durability"] not in ("os", "fsync"):
+        raise ConfigError('queue.durability must be "os" or "fsync"')
+    if config["queue"]["backend"] != "sqlite":
+        raise ConfigError(
+            f'queue.backend {config["queue"]["backend"]!r} is not available; use "sqlite"'
+        )
+    for section in ("sinks", "enrichers"):
+        for name, table in config[section].items():
+            if not isinstance(table, dict) or not table.get("type"):
+                raise ConfigError(f'[{section}.{name}] needs a type, e.g. type = "sql"')
+    _check_number(config, "ingest", "max_body_bytes", minimum=1024)
+    _check_number(config, "ingest", "max_events_per_bundle", minimum=1)
+    _check_number(config, "server", "workers", minimum=1)
+    return config
+
+
+def _check_number(config: dict, section: str, key: str, minimum: float) -> None:
+    value = config[section][key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
+        raise ConfigError(f"{section}.{key} must be a number of at least {minimum}, not {value!r}")
+
+
+def redacted(config: Any) -> Any:
+    """A copy safe to print: secrets and URL passwords hidden."""
+    if isinstance(config, dict):
+        return {k: redacted(v) for k, v in config.items()}
+    if isinstance(config, list):
+        return [redacted(v) for v in config]
+    if isinstance(config, Secret):
+        return repr(config)
+    if isinstance(config, str) and "://" in config and "@" in config:
+        from sqlalchemy.engine import make_url
+
+        try:
+            return make_url(config).render_as_string(hide_password=True)
+        except Exception:
+            return config
+    return config

@@ -1,0 +1,285 @@
+"""The dispatcher: reads the queue, runs the enrichers and delivers to every sink.
+
+Each sink has its own thread and its own cursor in the queue, so one failing or slow sink
+never holds up the others, and a sink that comes back catches up from where it stopped.
+A batch is written, then the cursor moves: a crash in between re-sends the batch (at least
+once), which the sinks' idempotent writes absorb.  Failures a sink calls permanent
+(:class:`cortex.sinks.PermanentError`) are narrowed down by halving the batch until the
+refused records are found; those go to the dead-letter store and the rest is delivered.
+
+Only one dispatcher works on a data directory at a time: it holds an exclusive lock on
+``dispatcher.lock``.  Under gunicorn every worker starts an election thread and the one that
+gets the lock dispatches; if its worker dies the lock is freed and another takes over.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import random
+import threading
+import time
+from typing import Any
+
+from cortex.enrichers import Enricher
+from cortex.sinks import PermanentError, Sink
+
+log = logging.getLogger("cortex.dispatcher")
+
+
+class Stopped(Exception):
+    """The dispatcher was asked to stop while a batch was still being retried."""
+
+
+class SinkRunner:
+    """Delivers the queue to one sink."""
+
+    def __init__(self, state, sink: Sink, enrichers: list[Enricher], stop: threading.Event):
+        self.state = state
+        self.queue = state.queue
+        self.sink = sink
+        self.enrichers = enrichers
+        self.stop = stop
+        settings = state.config["dispatcher"]
+        self.batch_size = settings["batch_size"]
+        self.poll_interval = settings["poll_interval"]
+        self.retry_initial = settings["retry_initial"]
+        self.retry_max = settings["retry_max"]
+        self.opened = False
+
+    def open(self) -> None:
+        """Open the sink and its enrichers, retrying with backoff until they open or stop."""
+        delay = self.retry_initial
+        while not self.opened:
+            try:
+                for enricher in self.enrichers:
+                    enricher.open()
+                self.sink.open()
+                self.opened = True
+            except Exception:
+                log.exception("sink %s could not open; retrying in %.1fs", self.sink.name, delay)
+                self._wait(delay)
+                delay = min(delay * 2, self.retry_max)
+
+    def close(self) -> None:
+        """Close the sink and the enrichers."""
+        for thing in [self.sink, *self.enrichers]:
+            try:
+                thing.close()
+            except Exception:
+                log.exception("closing %s failed", getattr(thing, "name", thing))
+        self.opened = False
+
+    def run(self) -> None:
+        """Deliver until stopped."""
+        try:
+            self.open()
+            while not self.stop.is_set():
+                if not self.step():
+                    self.stop.wait(self.poll_interval)
+        except Stopped:
+            pass
+        finally:
+            self.close()
+
+    def step(self) -> bool:
+        """Deliver one batch; False when there was nothing to deliver."""
+        cursor = self.queue.cursor(self.sink.name)
+        entries = self.queue.read(cursor, self.batch_size)
+        if not entries:
+            return False
+        records = [record for entry in entries for record in entry.records]
+        self.enrich(records)
+        for record in records:
+            record.pop("context", None)
+        delivered = self.deliver(records)
+        self.queue.advance(self.sink.name, entries[-1].seq, delivered)
+        return True
+
+    def enrich(self, records: list[dict[str, Any]]) -> None:
+        """Run the enrichers in order; one that raises is logged and skipped for this batch."""
+        events = [r for r in records if r.get("kind") != "rejected"]
+        for enricher in self.enrichers:
+            try:
+                enricher.enrich(events)
+            except Exception:
+                log.exception("enricher %s failed on a batch of %d; passed through", enricher.name, len(events))
+
+    def deliver(self, records: list[dict[str, Any]]) -> int:
+        """Write ``records`` to the sink; returns how many it stored (the rest dead-lettered)."""
+        delay = self.retry_initial
+        while True:
+            try:
+                self.sink.write(records)
+                return len(records)
+            except PermanentError as error:
+                if len(records) == 1:
+                    self.queue.dead_letter(self.sink.name, records, f"{type(error).__name__}: {error}")
+                    log.error("sink %s refused record %s for good: %s", self.sink.name, records[0].get("id"), error)
+                    return 0
+                middle = len(records) // 2
+                return self.deliver(records[:middle]) + self.deliver(records[middle:])
+            except Exception as error:
+                log.warning(
+                    "sink %s failed to write %d records (%s: %s); retrying in %.1fs",
+                    self.sink.name, len(records), type(error).__name__, error, delay,
+                )
+                self._wait(delay)
+                delay = min(delay * 2, self.retry_max)
+
+    def _wait(self, delay: float) -> None:
+        if self.stop.wait(delay * random.uniform(0.8, 1.2)):
+            raise Stopped()
+
+    def caught_up(self) -> bool:
+        """True when the sink has every entry queued so far."""
+        return self.queue.cursor(self.sink.name) >= self.queue.head()
+
+
+class Dispatcher:
+    """All the sink runners of one app, plus queue housekeeping."""
+
+    def __init__(self, state):
+        self.state = state
+        self.stop = threading.Event()
+        self.runners = [
+            SinkRunner(state, sink, state.make_enrichers(), self.stop) for sink in state.make_sinks()
+        ]
+        self.threads: list[threading.Thread] = []
+
+    @property
+    def sink_names(self) -> list[str]:
+        return [runner.sink.name for runner in self.runners]
+
+    def start(self) -> None:
+        """Start one thread per sink and one for housekeeping."""
+        for runner in self.runners:
+            thread = threading.Thread(target=runner.run, name=f"cortex-sink-{runner.sink.name}", daemon=True)
+            thread.start()
+            self.threads.append(thread)
+        housekeeping = threading.Thread(target=self._housekeeping, name="cortex-housekeeping", daemon=True)
+        housekeeping.start()
+        self.threads.append(housekeeping)
+
+    def run(self) -> None:
+        """Start and block until :meth:`shutdown` is called (from a signal handler, say)."""
+        self.start()
+        while not self.stop.wait(1.0):
+            pass
+        self.join()
+
+    def shutdown(self) -> None:
+        """Ask every thread to stop after its current batch."""
+        self.stop.set()
+
+    def join(self, timeout: float = 30.0) -> None:
+        """Wait for the threads to finish."""
+        deadline = time.monotonic() + timeout
+        for thread in self.threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+    def drain(self, timeout: float = 60.0) -> None:
+        """Deliver everything queued now, in the calling thread (for tests and ``--once``)."""
+        deadline = time.monotonic() + timeout
+        for runner in self.runners:
+            runner.open()
+        try:
+            for runner in self.runners:
+                while not runner.caught_up():
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"sink {runner.sink.name} did not catch up within {timeout}s")
+                    runner.step()
+            self.housekeep()
+        finally:
+            for runner in self.runners:
+                runner.close()
+
+    def housekeep(self) -> None:
+        """Prune delivered entries and expired dedupe keys (bounded work per call)."""
+        queue = self.state.queue
+        while queue.prune(self.sink_names) >= 5000:
+            pass
+        window = self.state.config["ingest"]["dedupe_window_days"] * 86400
+        queue.prune_dedupe(window)
+
+    def _housekeeping(self) -> None:
+        while not self.stop.wait(5.0):
+            try:
+                self.housekeep()
+            except Exception:
+                log.exception("queue housekeeping failed; will try again")
+
+
+class DispatcherLock:
+    """The exclusive lock that makes one process the dispatcher of a data directory."""
+
+    def __init__(self, data_dir: str):
+        self.path = os.path.join(data_dir, "dispatcher.lock")
+        self.handle = None
+
+    def acquire(self, blocking: bool) -> bool:
+        """Take the lock; with ``blocking=False`` return False at once if another has it."""
+        handle = open(self.path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            handle.close()
+            return False
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self.handle = handle
+        return True
+
+    def holder(self) -> str:
+        """The pid written by the current holder, if any."""
+        try:
+            with open(self.path) as handle:
+                return handle.read().strip() or "unknown"
+        except OSError:
+            return "unknown"
+
+    def release(self) -> None:
+        """Give the lock up."""
+        if self.handle is not None:
+            fcntl.flock(self.handle, fcntl.LOCK_UN)
+            self.handle.close()
+            self.handle = None
+
+
+_embedded: dict[int, tuple[threading.Event, threading.Thread]] = {}
+
+
+def start_embedded(state) -> threading.Thread | None:
+    """Start the election thread in this process (once); the winner runs the dispatcher."""
+    if not state.config["dispatcher"]["embedded"] or os.getpid() in _embedded:
+        return None
+    stop = threading.Event()
+
+    def elect_and_run() -> None:
+        lock = DispatcherLock(state.config["data_dir"])
+        while not lock.acquire(blocking=False):
+            if stop.wait(1.0):
+                return
+        log.info("process %d is the dispatcher", os.getpid())
+        dispatcher = Dispatcher(state)
+        dispatcher.start()
+        stop.wait()
+        dispatcher.shutdown()
+        dispatcher.join(10.0)
+        lock.release()
+
+    thread = threading.Thread(target=elect_and_run, name="cortex-dispatcher-election", daemon=True)
+    _embedded[os.getpid()] = (stop, thread)
+    thread.start()
+    return thread
+
+
+def stop_embedded(timeout: float = 10.0) -> None:
+    """Stop this process's embedded dispatcher, if it runs one, letting its batch finish."""
+    stop, thread = _embedded.pop(os.getpid(), (None, None))
+    if stop is not None:
+        stop.set()
+        thread.join(timeout)

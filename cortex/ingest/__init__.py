@@ -1,0 +1,1 @@
+"""The ingest edge: decoding, validation and acceptance of event bundles."""

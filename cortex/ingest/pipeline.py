@@ -1,0 +1,259 @@
+"""From a decoded Data Cortex bundle to queue-ready records: validate, correct times, key.
+
+Nothing here touches HTTP or the queue, so the same code serves the ingest views and
+``cortex replay``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import orjson
+from marshmallow import ValidationError
+
+from cortex.control import KeyOwner
+from cortex.ingest.compiled import CompiledSchema
+from cortex.ingest.fields import format_timestamp, parse_timestamp
+from cortex.ingest.schemas import EVENT_TYPES, SCHEMAS
+
+BUNDLE = CompiledSchema(SCHEMAS["bundle"])
+LOG_LINE = CompiledSchema(SCHEMAS["log"])
+EVENTS = {event_type: CompiledSchema(SCHEMAS[event_type]) for event_type in EVENT_TYPES}
+UNKNOWN_TYPE = "Unknown event type {!r}; expected one of: " + ", ".join(EVENT_TYPES) + "."
+
+
+class BundleError(Exception):
+    """A defect of the whole bundle (answered 400); ``reasons`` maps fields to messages."""
+
+    def __init__(self, message: str, reasons: dict[str, list[str]] | None = None):
+        super().__init__(message)
+        self.reasons = reasons or {}
+
+
+@dataclass
+class Timing:
+    """The times one request is judged by."""
+
+    received: datetime
+    client_now: datetime | None = None
+    skew_threshold: float = 60.0
+    future_tolerance: float = 300.0
+    warnings: list[str] = field(default_factory=list)
+    #: the raw ``current_time`` the client sent, kept with rejected events for replay
+    current_time: str | None = None
+
+    def __post_init__(self):
+        self.received_text = format_timestamp(self.received)
+        self.future_limit_text = format_timestamp(self.received + timedelta(seconds=self.future_tolerance))
+        self.skew: float | None = None
+        if self.client_now is not None:
+            skew = (self.received - self.client_now).total_seconds()
+            if abs(skew) > self.skew_threshold:
+                self.skew = skew
+
+    @classmethod
+    def parse(cls, received: datetime, current_time: str | None, **limits: float) -> "Timing":
+        """Timing from the raw ``current_time`` query value; a bad value is a warning."""
+        warnings = []
+        client_now = None
+        if current_time:
+            try:
+                client_now = parse_timestamp(current_time)
+            except ValidationError:
+                warnings.append(f"current_time: {current_time[:64]!r} is not ISO 8601; no clock correction")
+        return cls(received, client_now, warnings=warnings, current_time=current_time, **limits)
+
+    def event_time(self, event_datetime: str, warnings: list[str]) -> str:
+        """The corrected time of an event whose client time is ``event_datetime`` (canonical)."""
+        if self.skew is not None:
+            corrected = parse_timestamp(event_datetime) + timedelta(seconds=self.skew)
+            text = format_timestamp(corrected)
+        else:
+            text = event_datetime
+        # canonical timestamps compare correctly as strings
+        if text > self.future_limit_text:
+            warnings.append("event_datetime: in the future; clamped to the receive time")
+            return self.received_text
+        return text
+
+
+@dataclass
+class Outcome:
+    """Records of one bundle, keyed for dedupe: the valid ones and the rejected ones."""
+
+    accepted: list[tuple[bytes, dict]] = field(default_factory=list)
+    rejected: list[tuple[bytes, dict]] = field(default_factory=list)
+
+
+def dedupe_key(*parts: Any) -> bytes:
+    """A 16-byte digest of the key material."""
+    material = "\x1f".join("" if p is None else str(p) for p in parts)
+    return hashlib.blake2b(material.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
+def content_key(app_id: int, device_tag: Any, event: Any, occurrence: int) -> bytes:
+    """Dedupe key of an event without ``event_index``: its content and how many identical
+    events came before it in the same bundle."""
+    try:
+        content = orjson.dumps(event, option=orjson.OPT_SORT_KEYS).decode()
+    except TypeError:
+        content = repr(event)
+    return dedupe_key(app_id, device_tag, content, occurrence)
+
+
+def check_bundle_shape(body: Any, endpoint: str, max_events: int) -> tuple[dict, list]:
+    """The bundle and its raw event list, or :class:`BundleError` for a bundle-level defect."""
+    if not isinstance(body, dict):
+        raise BundleError("the body must be a JSON object (a bundle)")
+    api_key = body.get("api_key")
+    if not isinstance(api_key, str) or not api_key:
+        raise BundleError("the bundle has no api_key", {"api_key": ["Missing data for required field."]})
+    events = body.get("events")
+    if endpoint == "app_log" and events is None:
+        # the bundle itself is one log line
+        line = {k: v for k, v in body.items() if k in LOG_LINE.fields}
+        return body, [line]
+    if not isinstance(events, list):
+        raise BundleError("events must be a list of event objects", {"events": ["Not a valid list."]})
+    if not events:
+        raise BundleError("events must hold at least one event", {"events": ["Empty list."]})
+    if len(events) > max_events:
+        raise BundleError(
+            f"a bundle holds at most {max_events} events; this one has {len(events)}",
+            {"events": [f"Longer than {max_events} items."]},
+        )
+    return body, events
+
+
+def build_records(
+    bundle: dict,
+    events: list,
+    endpoint: str,
+    owner: KeyOwner,
+    timing: Timing,
+    context: dict[str, Any],
+) -> Outcome:
+    """Validate every event of a bundle and make the records of the valid and invalid ones.
+
+    Raises :class:`BundleError` when the bundle's own fields are invalid (every event then
+    shares the defect).
+    """
+    bundle_fields = {k: v for k, v in bundle.items() if k != "events"}
+    bundle_values, bundle_extra, bundle_warnings, bundle_errors = BUNDLE.load(bundle_fields)
+    if endpoint == "app_log":
+        # log-line fields sent at bundle level belong to the line, not the bundle
+        for key in LOG_LINE.fields:
+            bundle_extra.pop(key, None)
+    if bundle_errors:
+        raise BundleError(
+            "the bundle's fields are invalid: " + _summary(bundle_errors), bundle_errors
+        )
+    del bundle_values["api_key"]
+    bundle_warnings = timing.warnings + bundle_warnings
+    device_tag = bundle_values.get("device_tag")
+    if endpoint == "track" and not device_tag:
+        raise BundleError(
+            "the bundle has no device_tag (required by the ingest API)",
+            {"device_tag": ["Missing data for required field."]},
+        )
+    base = {
+        "org": owner.org,
+        "app": owner.app,
+        "app_id": owner.app_id,
+        "kind": endpoint,
+        "received_at": timing.received_text,
+    }
+    rejected_base = {**base, "current_time": timing.current_time}
+    outcome = Outcome()
+    occurrences: dict[bytes, int] = {}
+    for position, event in enumerate(events):
+        if not isinstance(event, dict):
+            reasons = {"_event": ["Each event must be a JSON object."]}
+            _reject(outcome, rejected_base, bundle_fields, event, reasons, position, endpoint, owner, device_tag, occurrences)
+            continue
+        if endpoint == "app_log":
+            schema = LOG_LINE
+            event_type = "log"
+        else:
+            event_type = event.get("type")
+            schema = EVENTS.get(event_type) if type(event_type) is str else None
+            if schema is None:
+                reasons = {"type": [UNKNOWN_TYPE.format(event_type)]}
+                _reject(outcome, rejected_base, bundle_fields, event, reasons, position, endpoint, owner, device_tag, occurrences)
+                continue
+        values, extra, warnings, errors = schema.load(event)
+        if errors:
+            _reject(outcome, rejected_base, bundle_fields, event, errors, position, endpoint, owner, device_tag, occurrences)
+            continue
+        record = {**base, **bundle_values, **values}
+        record["type"] = event_type
+        event_datetime = values.get("event_datetime")
+        if event_datetime is None:  # optional on log lines
+            event_datetime = record["event_datetime"] = timing.received_text
+        warnings = bundle_warnings + warnings
+        record["event_time"] = timing.event_time(event_datetime, warnings)
+        if timing.skew is not None:
+            record["clock_skew_seconds"] = timing.skew
+        if bundle_extra or extra:
+            record["extra"] = {**bundle_extra, **extra}
+        if warnings:
+            record["warnings"] = warnings
+        record["context"] = context
+        if "event_index" in values:
+            key = dedupe_key(owner.app_id, device_tag, values["event_index"], event_type, event_datetime)
+        else:
+            key = _occurrence_key(owner.app_id, device_tag, event, occurrences)
+        record["id"] = key.hex()
+        outcome.accepted.append((key, record))
+    return outcome
+
+
+def _occurrence_key(app_id: int, device_tag: Any, event: Any, occurrences: dict) -> bytes:
+    first = content_key(app_id, device_tag, event, 0)
+    seen = occurrences.get(first, 0)
+    occurrences[first] = seen + 1
+    return first if seen == 0 else content_key(app_id, device_tag, event, seen)
+
+
+def _reject(outcome, base, bundle_fields, event, reasons, position, endpoint, owner, device_tag, occurrences):
+    key = dedupe_key("rejected", endpoint, _occurrence_key(owner.app_id, device_tag, event, occurrences).hex())
+    record = {
+        **{k: v for k, v in base.items() if k != "current_time"},
+        "id": key.hex(),
+        "kind": "rejected",
+        "type": event.get("type") if isinstance(event, dict) and type(event.get("type")) is str else None,
+        "endpoint": endpoint,
+        "position": position,
+        "reasons": reasons,
+        "payload": event,
+        "bundle": {k: v for k, v in bundle_fields.items() if k != "api_key"},
+        "current_time": base.get("current_time"),
+    }
+    outcome.rejected.append((key, record))
+
+
+def reject_all(
+    bundle: dict, events: list, endpoint: str, owner: KeyOwner, timing: Timing, reasons: dict
+) -> Outcome:
+    """Every event of a bundle as rejected with the same reasons (bundle defect, strict mode)."""
+    base = {"org": owner.org, "app": owner.app, "app_id": owner.app_id, "kind": endpoint,
+            "received_at": timing.received_text, "current_time": timing.current_time}
+    bundle_fields = {k: v for k, v in bundle.items() if k != "events"}
+    outcome = Outcome()
+    occurrences: dict = {}
+    device_tag = bundle.get("device_tag")
+    for position, event in enumerate(events):
+        _reject(outcome, base, bundle_fields, event, reasons, position, endpoint, owner, device_tag, occurrences)
+    return outcome
+
+
+def _summary(errors: dict[str, list[str]]) -> str:
+    return "; ".join(f"{k}: {' '.join(v)}" for k, v in errors.items())
+
+
+def now_utc() -> datetime:
+    """The current time, aware, in UTC."""
+    return datetime.now(timezone.utc)

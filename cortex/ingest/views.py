@@ -1,0 +1,136 @@
+"""The Data Cortex ingest endpoints: ``POST /<org>/1/track`` and ``POST /<org>/1/app_log``.
+
+Answers follow what the real SDKs rely on: exactly ``200 text/plain OK`` on success, 400
+only when the bundle itself is broken or no event in it is valid (SDKs drop the bundle),
+403 for a key that is unknown, revoked or of another org (SDKs stop sending), 503 with
+``Retry-After`` when the queue cannot take it now (SDKs retry).
+"""
+
+from __future__ import annotations
+
+import re
+
+from flask import Blueprint, Response, current_app, request
+
+from cortex.ingest.body import BodyError, parse_json, read_body
+from cortex.ingest.pipeline import (
+    BundleError,
+    Outcome,
+    Timing,
+    build_records,
+    check_bundle_shape,
+    now_utc,
+    reject_all,
+)
+from cortex.queue import QueueUnavailable, Submission
+
+blueprint = Blueprint("ingest", __name__)
+
+INGEST_PATH = re.compile(r"^/[^/]+/1/(track|app_log)/?$")
+MAX_REASONS_SHOWN = 5
+
+
+def text_response(status: int, message: str, **headers: str) -> Response:
+    """A plain-text answer, as the SDKs expect (``Content-Type: text/plain``)."""
+    response = Response(message.encode("utf-8"), status=status, headers=headers)
+    response.headers["Content-Type"] = "text/plain"
+    return response
+
+
+@blueprint.route("/<org>/1/track", methods=["POST"])
+def track(org: str) -> Response:
+    """Accept a bundle of interaction events."""
+    return ingest(org, "track")
+
+
+@blueprint.route("/<org>/1/app_log", methods=["POST"])
+def app_log(org: str) -> Response:
+    """Accept a bundle of application log lines (or a bundle that is itself one line)."""
+    return ingest(org, "app_log")
+
+
+def ingest(org: str, endpoint: str) -> Response:
+    """Decode, authenticate, validate and durably queue one bundle."""
+    state = current_app.extensions["cortex"]
+    settings = state.config["ingest"]
+    try:
+        body = parse_json(read_body(request, settings["max_body_bytes"]))
+        bundle, events = check_bundle_shape(body, endpoint, settings["max_events_per_bundle"])
+    except BodyError as error:
+        return text_response(error.status, str(error))
+    except BundleError as error:
+        return text_response(400, str(error))
+
+    owner = state.keys.owner(bundle["api_key"])
+    if owner is None:
+        return text_response(403, "unknown or revoked API key; check the key configured in the app")
+    if owner.org != org:
+        return text_response(403, f"this API key is not valid for org {org!r}; check the URL and the key")
+
+    timing = Timing.parse(
+        now_utc(),
+        request.args.get("current_time"),
+        skew_threshold=settings["clock_skew_threshold"],
+        future_tolerance=settings["future_tolerance"],
+    )
+    context = {
+        "client_ip": request.remote_addr,
+        "user_agent": request.headers.get("User-Agent"),
+        "accept_language": request.headers.get("Accept-Language"),
+    }
+    try:
+        outcome = build_records(bundle, events, endpoint, owner, timing, context)
+    except BundleError as error:
+        return _refuse(state, owner, reject_all(bundle, events, endpoint, owner, timing, error.reasons), str(error))
+
+    strict = settings["strict"] if owner.strict is None else owner.strict
+    if outcome.rejected and strict:
+        reasons = {"_bundle": ["Refused with its bundle: the app is in strict mode and another event was invalid."]}
+        own = {record["position"]: record["reasons"] for _, record in outcome.rejected}
+        refused = reject_all(bundle, events, endpoint, owner, timing, reasons)
+        for _, record in refused.rejected:
+            record["reasons"] = own.get(record["position"], reasons)
+        return _refuse(state, owner, refused, "strict mode: " + _describe(outcome))
+    if not outcome.accepted:
+        return _refuse(state, owner, outcome, "no valid event in the bundle: " + _describe(outcome))
+    try:
+        state.queue.submit(Submission(owner.org, owner.app_id, outcome.accepted, outcome.rejected))
+    except QueueUnavailable as error:
+        current_app.logger.error("%s", error)
+        return text_response(503, "Cortex cannot accept events right now; retry later", **{"Retry-After": "5"})
+    return text_response(200, "OK")
+
+
+def _refuse(state, owner, outcome: Outcome, message: str) -> Response:
+    """Log the bundle's events in the ingest error log and answer 400."""
+    try:
+        state.queue.submit(Submission(owner.org, owner.app_id, [], outcome.rejected))
+    except QueueUnavailable as error:
+        current_app.logger.error("%s", error)
+        return text_response(503, "Cortex cannot accept events right now; retry later", **{"Retry-After": "5"})
+    return text_response(400, message)
+
+
+def _describe(outcome: Outcome) -> str:
+    parts = []
+    for _, record in outcome.rejected[:MAX_REASONS_SHOWN]:
+        reasons = "; ".join(f"{field}: {' '.join(msgs)}" for field, msgs in record["reasons"].items())
+        parts.append(f"event {record['position']}: {reasons}")
+    more = len(outcome.rejected) - MAX_REASONS_SHOWN
+    if more > 0:
+        parts.append(f"and {more} more")
+    return " | ".join(parts)
+
+
+def add_cors_headers(response: Response) -> Response:
+    """CORS on every ingest answer, errors and preflights included: without it browser SDKs
+    cannot read the answer and resend the same events forever."""
+    if INGEST_PATH.match(request.path):
+        headers = response.headers
+        headers["Access-Control-Allow-Origin"] = "*"
+        headers["Access-Control-Allow-Methods"] = "POST, OPTIONS"
+        requested = request.headers.get("Access-Control-Request-Headers")
+        headers["Access-Control-Allow-Headers"] = requested or "Content-Type"
+        headers["Access-Control-Max-Age"] = "86400"
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    return response

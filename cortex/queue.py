@@ -1,0 +1,436 @@
+"""The durable queue: a SQLite (WAL) database in the data directory, shared by all processes.
+
+One request's accepted events are one queue *entry* (a serialised list of records), written
+in the same transaction as their dedupe keys and the request's rejected events, so "200"
+means: in the queue, deduplicated, atomically.  Each sink has a cursor (the last entry seq it
+has); entries every sink has are pruned.
+
+Durability: with ``durability = "os"`` (default) a commit is in the operating system's hands
+before the request returns, which survives ``kill -9`` of any process; with ``"fsync"`` every
+commit is also fsynced, which survives power loss.  Commits are grouped: while one thread of
+a process commits, the others queue up behind it and the next commit takes them all, so one
+fsync serves many requests.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator
+
+import orjson
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS entries (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    org TEXT NOT NULL,
+    app_id INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    records BLOB NOT NULL,
+    enqueued_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS dedupe (
+    key BLOB NOT NULL UNIQUE,
+    seen INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS cursors (
+    sink TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    delivered INTEGER NOT NULL DEFAULT 0,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id INTEGER PRIMARY KEY,
+    sink TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    record_id TEXT NOT NULL,
+    record BLOB NOT NULL,
+    error TEXT NOT NULL,
+    failed_at REAL NOT NULL,
+    replayed_at REAL
+);
+CREATE INDEX IF NOT EXISTS dead_letters_sink ON dead_letters (sink, replayed_at);
+CREATE TABLE IF NOT EXISTS ingest_errors (
+    id INTEGER PRIMARY KEY,
+    org TEXT NOT NULL,
+    app_id INTEGER NOT NULL,
+    record_id TEXT NOT NULL,
+    received_at TEXT NOT NULL,
+    record BLOB NOT NULL,
+    replayed_at REAL
+);
+CREATE INDEX IF NOT EXISTS ingest_errors_org ON ingest_errors (org, received_at);
+CREATE TABLE IF NOT EXISTS counters (
+    org TEXT NOT NULL,
+    name TEXT NOT NULL,
+    value INTEGER NOT NULL,
+    PRIMARY KEY (org, name)
+) WITHOUT ROWID;
+"""
+
+
+class QueueUnavailable(Exception):
+    """The queue cannot durably accept now (disk full, locked too long); retry later."""
+
+
+@dataclass
+class Submission:
+    """One request's share of a group commit."""
+
+    org: str
+    app_id: int
+    accepted: list[tuple[bytes, dict]]
+    rejected: list[tuple[bytes, dict]]
+    accepted_count: int = 0
+    duplicate_count: int = 0
+    rejected_count: int = 0
+
+
+@dataclass
+class Entry:
+    """A queue entry as the dispatcher reads it."""
+
+    seq: int
+    org: str
+    app_id: int
+    records: list[dict]
+
+
+class SQLiteQueue:
+    """The embedded queue.  One instance per process; safe to share between its threads."""
+
+    def __init__(self, path: str, durability: str = "os", busy_timeout: float = 10.0):
+        self.path = path
+        self.durability = durability
+        self.busy_timeout = busy_timeout
+        self._pid = None
+        self._writer: sqlite3.Connection | None = None
+        self._local = threading.local()
+        self._cond = threading.Condition()
+        self._pending: list[tuple[Submission, dict]] = []
+        self._committing = False
+
+    # connections ------------------------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
+        )
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={'FULL' if self.durability == 'fsync' else 'NORMAL'}")
+        return conn
+
+    def _check_fork(self) -> None:
+        # connections must not cross a fork: a gunicorn worker opens its own
+        if self._pid != os.getpid():
+            self._pid = os.getpid()
+            self._writer = None
+            self._local = threading.local()
+
+    @property
+    def writer(self) -> sqlite3.Connection:
+        self._check_fork()
+        if self._writer is None:
+            self._writer = self._connect()
+        return self._writer
+
+    @property
+    def reader(self) -> sqlite3.Connection:
+        """A connection of the calling thread's own, for reads and dispatcher writes."""
+        self._check_fork()
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self._connect()
+        return conn
+
+    def create_schema(self) -> None:
+        """Create the queue's tables (idempotent)."""
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        conn = self._connect()
+        try:
+            conn.executescript(SCHEMA)
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        """Close this thread's and the writer's connections."""
+        for conn in (self._writer, getattr(self._local, "conn", None)):
+            if conn is not None:
+                conn.close()
+        self._writer = None
+        self._local = threading.local()
+
+    # ingest --------------------------------------------------------------------------------
+    def submit(self, submission: Submission) -> Submission:
+        """Durably store a request's accepted and rejected records with their dedupe keys.
+
+        Records whose key was seen within the dedupe window are counted as duplicates and
+        not stored again.  Returns ``submission`` with its counts filled in once committed.
+        Raises :class:`QueueUnavailable` when the queue cannot accept now.
+        """
+        state: dict[str, Any] = {"done": False, "error": None}
+        with self._cond:
+            self._pending.append((submission, state))
+            while self._committing and not state["done"]:
+                self._cond.wait()
+            if state["done"]:
+                return self._result(submission, state)
+            self._committing = True
+            group, self._pending = self._pending, []
+        error = None
+        try:
+            self._commit_group(group)
+        except sqlite3.Error as exc:
+            error = QueueUnavailable(f"the queue cannot accept events now: {exc}")
+        finally:
+            with self._cond:
+                for _, member_state in group:
+                    member_state["done"] = True
+                    member_state["error"] = error
+                self._committing = False
+                self._cond.notify_all()
+        return self._result(submission, state)
+
+    @staticmethod
+    def _result(submission: Submission, state: dict) -> Submission:
+        if state["error"] is not None:
+            raise state["error"]
+        return submission
+
+    def _commit_group(self, group: list[tuple[Submission, dict]]) -> None:
+        conn = self.writer
+        now = time.time()
+        seen = int(now)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            counts: dict[tuple[str, str], int] = {}
+            entries = []
+            error_rows = []
+            for submission, _ in group:
+                fresh = self._claim_keys(conn, submission.accepted + submission.rejected, seen)
+                records = [record for key, record in submission.accepted if key in fresh]
+                rejected = [record for key, record in submission.rejected if key in fresh]
+                submission.accepted_count = len(records)
+                submission.duplicate_count = (
+                    len(submission.accepted) + len(submission.rejected) - len(records) - len(rejected)
+                )
+                submission.rejected_count = len(rejected)
+                if records or rejected:
+                    entries.append(
+                        (submission.org, submission.app_id, len(records) + len(rejected),
+                         orjson.dumps(records + rejected), now)
+                    )
+                error_rows.extend(
+                    (submission.org, submission.app_id, r["id"], r["received_at"], orjson.dumps(r))
+                    for r in rejected
+                )
+                for name in ("accepted", "duplicate", "rejected"):
+                    value = getattr(submission, f"{name}_count")
+                    if value:
+                        counts[(submission.org, name)] = counts.get((submission.org, name), 0) + value
+            if entries:
+                conn.executemany(
+                    "INSERT INTO entries (org, app_id, count, records, enqueued_at) VALUES (?,?,?,?,?)",
+                    entries,
+                )
+            if error_rows:
+                conn.executemany(
+                    "INSERT INTO ingest_errors (org, app_id, record_id, received_at, record) "
+                    "VALUES (?,?,?,?,?)",
+                    error_rows,
+                )
+            if counts:
+                conn.executemany(
+                    "INSERT INTO counters (org, name, value) VALUES (?,?,?) "
+                    "ON CONFLICT (org, name) DO UPDATE SET value = value + excluded.value",
+                    [(org, name, value) for (org, name), value in counts.items()],
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    @staticmethod
+    def _claim_keys(conn, keyed: list[tuple[bytes, dict]], seen: int) -> set[bytes]:
+        """Insert the dedupe keys; the ones returned were not there before."""
+        fresh: set[bytes] = set()
+        # SQLite allows 32766 variables per statement; stay well below
+        for start in range(0, len(keyed), 500):
+            chunk = keyed[start:start + 500]
+            sql = (
+                "INSERT OR IGNORE INTO dedupe (key, seen) VALUES "
+                + ",".join(["(?,?)"] * len(chunk))
+                + " RETURNING key"
+            )
+            params: list = []
+            for key, _ in chunk:
+                params.append(key)
+                params.append(seen)
+            fresh.update(row[0] for row in conn.execute(sql, params))
+        return fresh
+
+    # dispatch ------------------------------------------------------------------------------
+    def read(self, after_seq: int, max_records: int) -> list[Entry]:
+        """Entries after ``after_seq`` in order, about ``max_records`` records in all."""
+        entries: list[Entry] = []
+        total = 0
+        rows = self.reader.execute(
+            "SELECT seq, org, app_id, count, records FROM entries WHERE seq > ? ORDER BY seq LIMIT ?",
+            (after_seq, max(1, max_records)),
+        )
+        for seq, org, app_id, count, blob in rows:
+            records = orjson.loads(blob)
+            for record in records:
+                record["seq"] = seq
+            entries.append(Entry(seq, org, app_id, records))
+            total += count
+            if total >= max_records:
+                break
+        return entries
+
+    def head(self) -> int:
+        """The seq of the newest entry (0 when the queue has never held one)."""
+        row = self.reader.execute("SELECT seq FROM sqlite_sequence WHERE name = 'entries'").fetchone()
+        return row[0] if row else 0
+
+    def cursor(self, sink: str) -> int:
+        """The last seq ``sink`` has; a new sink starts at the oldest entry still queued."""
+        conn = self.reader
+        row = conn.execute("SELECT seq FROM cursors WHERE sink = ?", (sink,)).fetchone()
+        if row:
+            return row[0]
+        oldest = conn.execute("SELECT min(seq) FROM entries").fetchone()[0]
+        start = (oldest - 1) if oldest is not None else self.head()
+        conn.execute(
+            "INSERT OR IGNORE INTO cursors (sink, seq, delivered, updated_at) VALUES (?,?,0,?)",
+            (sink, start, time.time()),
+        )
+        return conn.execute("SELECT seq FROM cursors WHERE sink = ?", (sink,)).fetchone()[0]
+
+    def advance(self, sink: str, seq: int, delivered: int) -> None:
+        """Move ``sink``'s cursor to ``seq`` after it stored ``delivered`` records."""
+        self.reader.execute(
+            "UPDATE cursors SET seq = ?, delivered = delivered + ?, updated_at = ? WHERE sink = ?",
+            (seq, delivered, time.time(), sink),
+        )
+
+    def dead_letter(self, sink: str, records: Iterable[dict], error: str) -> int:
+        """Keep records a sink refused for good, with the reason; returns how many."""
+        now = time.time()
+        rows = [(sink, r.get("seq", 0), r.get("id", ""), orjson.dumps(r), error, now) for r in records]
+        self.reader.executemany(
+            "INSERT INTO dead_letters (sink, seq, record_id, record, error, failed_at) VALUES (?,?,?,?,?,?)",
+            rows,
+        )
+        return len(rows)
+
+    def dead_letters(self, sink: str | None = None, include_replayed: bool = False) -> list[dict]:
+        """Dead-lettered records, oldest first."""
+        query = "SELECT id, sink, seq, record_id, record, error, failed_at, replayed_at FROM dead_letters"
+        clauses, params = [], []
+        if sink:
+            clauses.append("sink = ?")
+            params.append(sink)
+        if not include_replayed:
+            clauses.append("replayed_at IS NULL")
+        if clauses:
+            query += " WHERE " + " AND ".join(clauses)
+        rows = self.reader.execute(query + " ORDER BY id", params)
+        return [
+            {"id": r[0], "sink": r[1], "seq": r[2], "record_id": r[3], "record": orjson.loads(r[4]),
+             "error": r[5], "failed_at": r[6], "replayed_at": r[7]}
+            for r in rows
+        ]
+
+    def mark_dead_letters_replayed(self, ids: list[int]) -> None:
+        """Record that these dead letters were delivered by ``cortex replay``."""
+        self.reader.executemany(
+            "UPDATE dead_letters SET replayed_at = ? WHERE id = ?", [(time.time(), i) for i in ids]
+        )
+
+    def ingest_errors(self, org: str | None = None, include_replayed: bool = False, limit: int = 1000) -> list[dict]:
+        """Rows of the ingest error log (invalid events with their reasons), oldest first."""
+        query = "SELECT id, org, app_id, record, replayed_at FROM ingest_errors"
+        clauses, params = [], []
+        if org:
+            clauses.append("org = ?")
+            params.append(org)
+        if not include_replayed:
+            clauses.append("replayed_at IS NULL")
+        if clauses:
+            query += " WHERE " + " AND ".join(clauses)
+        params.append(limit)
+        rows = self.reader.execute(query + " ORDER BY id LIMIT ?", params)
+        return [
+            {"id": r[0], "org": r[1], "app_id": r[2], "record": orjson.loads(r[3]), "replayed_at": r[4]}
+            for r in rows
+        ]
+
+    def mark_errors_replayed(self, ids: list[int]) -> None:
+        """Record that these error-log rows were accepted on replay."""
+        self.reader.executemany(
+            "UPDATE ingest_errors SET replayed_at = ? WHERE id = ?", [(time.time(), i) for i in ids]
+        )
+
+    # housekeeping --------------------------------------------------------------------------
+    def prune(self, sinks: list[str], batch: int = 5000) -> int:
+        """Delete up to ``batch`` entries that every sink in ``sinks`` has; returns how many."""
+        if not sinks:
+            return 0
+        conn = self.reader
+        marks = [self.cursor(sink) for sink in sinks]
+        floor = min(marks)
+        cur = conn.execute(
+            "DELETE FROM entries WHERE seq IN (SELECT seq FROM entries WHERE seq <= ? ORDER BY seq LIMIT ?)",
+            (floor, batch),
+        )
+        conn.execute(
+            "DELETE FROM cursors WHERE sink NOT IN (%s)" % ",".join("?" * len(sinks)), sinks
+        )
+        return cur.rowcount
+
+    def prune_dedupe(self, window_seconds: float, batch: int = 20000) -> int:
+        """Forget up to ``batch`` dedupe keys older than the window; returns how many."""
+        cutoff = int(time.time() - window_seconds)
+        # rowids grow with time, so the oldest keys are found first and the scan stops early
+        cur = self.reader.execute(
+            "DELETE FROM dedupe WHERE rowid IN (SELECT rowid FROM dedupe WHERE seen < ? ORDER BY rowid LIMIT ?)",
+            (cutoff, batch),
+        )
+        return cur.rowcount
+
+    # status --------------------------------------------------------------------------------
+    def counters(self) -> dict[str, dict[str, int]]:
+        """org -> {accepted, duplicate, rejected} since the queue was created."""
+        result: dict[str, dict[str, int]] = {}
+        for org, name, value in self.reader.execute("SELECT org, name, value FROM counters"):
+            result.setdefault(org, {"accepted": 0, "duplicate": 0, "rejected": 0})[name] = value
+        return result
+
+    def sink_status(self, sinks: list[str]) -> dict[str, dict[str, int]]:
+        """sink -> {delivered, pending, dead_lettered} for the given sink names."""
+        conn = self.reader
+        status = {}
+        for sink in sinks:
+            seq = self.cursor(sink)
+            delivered = conn.execute("SELECT delivered FROM cursors WHERE sink = ?", (sink,)).fetchone()[0]
+            pending = conn.execute("SELECT coalesce(sum(count), 0) FROM entries WHERE seq > ?", (seq,)).fetchone()[0]
+            dead = conn.execute(
+                "SELECT count(*) FROM dead_letters WHERE sink = ? AND replayed_at IS NULL", (sink,)
+            ).fetchone()[0]
+            status[sink] = {"cursor": seq, "delivered": delivered, "pending": pending, "dead_lettered": dead}
+        return status
+
+    def depth(self) -> dict[str, int]:
+        """Entries and records in the queue (not yet pruned)."""
+        entries, records = self.reader.execute(
+            "SELECT count(*), coalesce(sum(count), 0) FROM entries"
+        ).fetchone()
+        return {"entries": entries, "records": records}
+
+    def iter_all(self) -> Iterator[Entry]:
+        """Every entry still queued (for tests and tools)."""
+        yield from self.read(0, 10**12)

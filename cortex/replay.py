@@ -1,0 +1,85 @@
+"""``cortex replay``: deliver again what was refused, once the cause is fixed."""
+
+from __future__ import annotations
+
+import logging
+
+from cortex.control import KeyOwner
+from cortex.ingest.fields import parse_timestamp
+from cortex.ingest.pipeline import BundleError, Timing, build_records
+from cortex.queue import Submission
+from cortex.sinks import PermanentError
+
+log = logging.getLogger("cortex.replay")
+
+
+def replay_dead_letters(state, sink_name: str | None = None) -> dict:
+    """Write dead-lettered records to their sink again; the ones it now takes are marked
+    replayed, the others stay.  Returns counts per sink."""
+    result = {"replayed": 0, "failed": 0, "sinks": {}}
+    for sink in state.make_sinks():
+        if sink_name and sink.name != sink_name:
+            continue
+        letters = state.queue.dead_letters(sink.name)
+        if not letters:
+            continue
+        sink.open()
+        done, failed = [], 0
+        try:
+            try:
+                sink.write([letter["record"] for letter in letters])
+                done = [letter["id"] for letter in letters]
+            except PermanentError:
+                for letter in letters:
+                    try:
+                        sink.write([letter["record"]])
+                        done.append(letter["id"])
+                    except PermanentError as error:
+                        failed += 1
+                        log.error("sink %s still refuses %s: %s", sink.name, letter["record_id"], error)
+        finally:
+            sink.close()
+        state.queue.mark_dead_letters_replayed(done)
+        result["sinks"][sink.name] = {"replayed": len(done), "failed": failed}
+        result["replayed"] += len(done)
+        result["failed"] += failed
+    return result
+
+
+def replay_errors(state, org: str | None = None) -> dict:
+    """Validate error-logged events again under today's rules and queue those now valid.
+
+    Useful after a fix on the server side (a limit raised, strict mode turned off); events
+    still invalid stay in the log.  Dedupe applies, so replaying twice stores nothing twice.
+    """
+    settings = state.config["ingest"]
+    names = state.control.app_names()
+    accepted = still_invalid = 0
+    replayed_ids = []
+    for row in state.queue.ingest_errors(org, include_replayed=False, limit=10**9):
+        record = row["record"]
+        org_app = names.get(row["app_id"])
+        if org_app is None:
+            still_invalid += 1
+            continue
+        owner = KeyOwner(0, org_app[0], org_app[1], row["app_id"], False)
+        timing = Timing.parse(
+            parse_timestamp(record["received_at"]),
+            record.get("current_time"),
+            skew_threshold=settings["clock_skew_threshold"],
+            future_tolerance=settings["future_tolerance"],
+        )
+        bundle = {**record["bundle"], "api_key": "replay"}
+        try:
+            outcome = build_records(bundle, [record["payload"]], record["endpoint"], owner, timing, {})
+        except BundleError:
+            still_invalid += 1
+            continue
+        if not outcome.accepted:
+            still_invalid += 1
+            continue
+        submission = state.queue.submit(Submission(owner.org, owner.app_id, outcome.accepted, []))
+        accepted += submission.accepted_count
+        replayed_ids.append(row["id"])
+    state.queue.mark_errors_replayed(replayed_ids)
+    return {"replayed": len(replayed_ids), "accepted": accepted, "still_invalid": still_invalid, "failed": 0}

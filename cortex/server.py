@@ -1,0 +1,63 @@
+"""Running Cortex under gunicorn: ``cortex serve`` and the hooks ``config/gunicorn.conf.py`` uses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+
+
+def post_worker_init(worker) -> None:
+    """gunicorn hook: start the dispatcher election in each worker, after the fork."""
+    from cortex.dispatcher import start_embedded
+
+    app = worker.wsgi
+    state = getattr(app, "extensions", {}).get("cortex")
+    if state is not None:
+        start_embedded(state)
+
+
+def worker_exit(server, worker) -> None:
+    """gunicorn hook: let the embedded dispatcher finish its batch before the worker exits."""
+    from cortex.dispatcher import stop_embedded
+
+    stop_embedded()
+
+
+def gunicorn_options(config: dict, bind: str | None = None, workers: int | None = None) -> dict[str, Any]:
+    """gunicorn settings from Cortex's ``[server]`` table (command-line values win)."""
+    server = config["server"]
+    return {
+        "bind": bind or server["bind"],
+        "workers": workers or server["workers"],
+        "threads": server["threads"],
+        "worker_class": server["worker_class"],
+        "timeout": server["timeout"],
+        "graceful_timeout": server["graceful_timeout"],
+        "keepalive": server["keepalive"],
+        "max_requests": server["max_requests"],
+        "max_requests_jitter": max(1, server["max_requests"] // 10) if server["max_requests"] else 0,
+        "accesslog": server.get("accesslog"),
+        # gunicorn's control socket is not used by Cortex; several servers on one host would share it
+        "control_socket_disable": True,
+        "post_worker_init": post_worker_init,
+        "worker_exit": worker_exit,
+    }
+
+
+class CortexServer(BaseApplication):
+    """gunicorn running the Cortex app factory in every worker (no preloading: each worker
+    opens its own database connections after the fork)."""
+
+    def __init__(self, app_factory, options: dict[str, Any]):
+        self.app_factory = app_factory
+        self.options = options
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self.options.items():
+            if value is not None and key in self.cfg.settings:
+                self.cfg.set(key, value)
+
+    def load(self):
+        return self.app_factory()

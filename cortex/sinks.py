@@ -1,0 +1,111 @@
+"""The sink type: where delivered events go.
+
+A sink plugin subclasses :class:`Sink` and registers the class through the
+``register_sinks`` hook.  The dispatcher owns one instance per configured sink and calls it
+from one thread at a time::
+
+    sink = SinkClass(name, options, context)
+    sink.open()               # after the worker fork: connect, create schema
+    sink.write(records)       # many times, each a batch in queue order
+    sink.close()
+
+Delivery is at least once: after a crash the dispatcher re-sends the batch whose write it
+had not seen return.  Every record carries a stable ``id``; a sink that makes writes
+idempotent on it (as the bundled ``sql`` sink does) turns that into exactly once in effect.
+
+Records are plain JSON-compatible dicts (see ``docs`` in README, "Event records"):
+
+``id``
+    32 hex characters, stable across retries of the same event.
+``seq``
+    the position of the record's queue entry (monotonic; several records can share one).
+``org``, ``app``, ``app_id``
+    who sent it.
+``kind``
+    ``"track"`` (a Data Cortex event), ``"app_log"`` (a log line), ``"interaction"``
+    (the generic API) or ``"rejected"`` (an invalid event kept for the ingest error log).
+``type``
+    the event type (``install``, ``dau``, ``event``, ``economy``, ``link``,
+    ``message_send``, ``message_click``, ``experiment``; ``log`` for log lines).
+``received_at``, ``event_datetime``, ``event_time``
+    ISO 8601 UTC strings: when Cortex received it, the client's time as sent, and the
+    time after clock-skew correction and clamping.
+field names of the spec
+    ``device_tag``, ``app_ver``, ``kingdom``, ``spend_amount`` ... flat, bundle fields and
+    event fields together; absent fields are absent.
+``extra``, ``warnings``
+    unknown fields as sent, and what validation coerced or truncated.
+
+Rejected records instead hold ``reasons`` (field → messages), ``payload`` (the event as
+sent) and ``bundle`` (the bundle fields as sent, API key removed).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Iterable, Mapping
+
+__all__ = ["Sink", "SinkContext", "PermanentError"]
+
+
+class PermanentError(Exception):
+    """Raise from :meth:`Sink.write` when retrying cannot help (the data itself is refused).
+
+    The dispatcher then narrows the batch down to the records that fail and moves those to
+    the dead-letter store; every other exception is taken as temporary and retried with
+    backoff for as long as it takes (a database that is down must not cost events).
+    """
+
+
+@dataclass
+class SinkContext:
+    """What the core hands a sink besides its own options."""
+
+    data_dir: Path
+    logger: logging.Logger = field(default_factory=lambda: logging.getLogger("cortex.sink"))
+
+
+class Sink:
+    """Base class of every sink type.
+
+    Subclasses set ``type_name`` and implement :meth:`write`; :meth:`open` and
+    :meth:`close` are optional.  ``options`` is the sink's configuration table with
+    ``type`` removed and secret references already resolved.
+    """
+
+    #: the name configuration uses in ``type = "..."``
+    type_name: ClassVar[str] = ""
+    #: one line for ``cortex plugins`` and ``/-/plugins``
+    description: ClassVar[str] = ""
+    #: True when writing the same record twice stores it once
+    idempotent: ClassVar[bool] = False
+
+    def __init__(self, name: str, options: Mapping[str, Any], context: SinkContext):
+        self.name = name
+        self.options = dict(options)
+        self.context = context
+
+    def open(self) -> None:
+        """Connect and prepare storage (create or migrate schema). Called after fork."""
+
+    def write(self, records: list[dict[str, Any]]) -> None:
+        """Store a batch of records durably before returning.
+
+        Raise :class:`PermanentError` for data the sink will never accept; raise anything
+        else for a failure worth retrying.
+        """
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release connections and files."""
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-able summary for status pages; never include secrets."""
+        return {"name": self.name, "type": self.type_name}
+
+
+def records_of_kind(records: Iterable[dict[str, Any]], *kinds: str) -> list[dict[str, Any]]:
+    """The records whose ``kind`` is one of ``kinds`` (a helper for sinks)."""
+    return [r for r in records if r.get("kind") in kinds]

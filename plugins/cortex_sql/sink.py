@@ -1,0 +1,188 @@
+"""The ``sql`` sink: every record in typed tables of any SQLAlchemy database."""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from typing import Any, Iterable
+
+import sqlalchemy as sa
+from marshmallow import ValidationError
+from sqlalchemy.dialects import postgresql, sqlite
+
+from cortex.sinks import PermanentError, Sink
+from cortex_sql import migrate
+from cortex_sql.engine import create_engine
+from cortex_sql.rows import TableRows
+from cortex_sql.tables import FAMILIES, build_tables
+
+__all__ = ["SqlSink"]
+
+OPTIONS = {"url", "table_prefix", "schema", "pool_size", "busy_timeout"}
+
+_PREFIX = re.compile(r"^[A-Za-z0-9_]*$")
+
+#: dialects with ``INSERT ... ON CONFLICT (id) DO NOTHING``
+_UPSERT_INSERTS = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
+
+#: ids looked up per query where a dialect has no ON CONFLICT
+_LOOKUP_CHUNK = 500
+
+
+class SqlSink(Sink):
+    """Stores records in SQL tables, one per event family, idempotent on the record id.
+
+    Options: ``url`` (SQLAlchemy URL; default ``sqlite:///<data_dir>/events.db``),
+    ``table_prefix`` (before every table name), ``schema`` (PostgreSQL schema, created if
+    missing), ``pool_size``, ``busy_timeout`` (SQLite, milliseconds).
+    """
+
+    type_name = "sql"
+    description = "Typed SQL tables (SQLite, PostgreSQL, any SQLAlchemy database), exactly once"
+    idempotent = True
+
+    def __init__(self, name, options, context):
+        super().__init__(name, options, context)
+        unknown = set(self.options) - OPTIONS
+        if unknown:
+            context.logger.warning(
+                "sink %s: unknown options %s ignored", name, ", ".join(sorted(unknown))
+            )
+        self.table_prefix = str(self.options.get("table_prefix") or "")
+        if not _PREFIX.match(self.table_prefix):
+            raise ValueError(
+                f"sink {name}: table_prefix may hold only letters, digits and underscores"
+            )
+        self.schema = self.options.get("schema") or None
+        self.url = sa.make_url(
+            self.options.get("url") or f"sqlite:///{context.data_dir}/events.db"
+        )
+        if self.schema and self.url.get_backend_name() == "sqlite":
+            raise ValueError(f"sink {name}: schema is not supported on SQLite")
+        self.engine: sa.Engine | None = None
+        self._rows: dict[tuple[str, str | None], TableRows] = {}
+        self._statements: dict[TableRows, Any] = {}
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Create the engine and bring the tables to the newest migration."""
+        self.engine = create_engine(
+            self.url,
+            pool_size=self.options.get("pool_size"),
+            busy_timeout_ms=int(self.options.get("busy_timeout", 10_000)),
+        )
+        migrate.upgrade(self.engine, self.table_prefix, self.schema)
+        tables = build_tables(sa.MetaData(), self.table_prefix, self.schema)
+        upsert_insert = _UPSERT_INSERTS.get(self.engine.dialect.name)
+        for family in FAMILIES:
+            rows = TableRows(family, tables[family.table])
+            for type_ in family.types or (None,):
+                self._rows[family.kind, type_] = rows
+            if upsert_insert is not None:
+                table = rows.table
+                self._statements[rows] = upsert_insert(table).on_conflict_do_nothing(
+                    index_elements=[table.c.id]
+                )
+
+    def close(self) -> None:
+        """Release the connection pool."""
+        if self.engine is not None:
+            self.engine.dispose()
+            self.engine = None
+
+    def describe(self) -> dict[str, Any]:
+        """Name, type, database URL without its password, prefix and schema."""
+        return {
+            **super().describe(),
+            "url": self.url.render_as_string(hide_password=True),
+            "dialect": self.url.get_backend_name(),
+            "table_prefix": self.table_prefix,
+            "schema": self.schema,
+        }
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def _table_rows(self, record: dict[str, Any]) -> TableRows:
+        kind = record.get("kind")
+        rows = self._rows.get((kind, record.get("type"))) or self._rows.get((kind, None))
+        if rows is None:
+            raise PermanentError(
+                f"no table for records of kind {kind!r} and type {record.get('type')!r}"
+            )
+        return rows
+
+    def write(self, records: list[dict[str, Any]]) -> None:
+        """Store ``records`` in one transaction; records stored before are skipped."""
+        if self.engine is None:
+            raise RuntimeError(f"sink {self.name} is not open")
+        if not records:
+            return
+        batches: dict[TableRows, list[dict[str, Any]]] = defaultdict(list)
+        try:
+            for record in records:
+                rows = self._table_rows(record)
+                batches[rows].append(rows.row(record))
+        except (ValidationError, ValueError, TypeError, AttributeError) as exc:
+            raise PermanentError(f"record {record.get('id')!r}: {exc}") from exc
+        try:
+            with self.engine.begin() as connection:
+                for rows, batch in batches.items():
+                    self._insert(connection, rows, batch)
+        except Exception as exc:
+            if _is_data_error(exc):
+                raise PermanentError(str(exc)) from exc
+            raise
+
+    def _insert(self, connection: sa.Connection, rows: TableRows, batch: list[dict]) -> None:
+        statement = self._statements.get(rows)
+        if statement is not None:
+            connection.execute(statement, batch)
+            return
+        # No ON CONFLICT: leave out ids stored before (and repeats within the batch).
+        table = rows.table
+        new = {row["id"]: row for row in batch}
+        ids = list(new)
+        for start in range(0, len(ids), _LOOKUP_CHUNK):
+            chunk = ids[start : start + _LOOKUP_CHUNK]
+            for stored in connection.scalars(sa.select(table.c.id).where(table.c.id.in_(chunk))):
+                new.pop(stored, None)
+        if new:
+            connection.execute(table.insert(), list(new.values()))
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def read_records(self, kinds: Iterable[str] | str | None = None) -> list[dict[str, Any]]:
+        """Every stored record (of ``kinds``, if given) in record form, in ``seq`` order.
+
+        For tests and tools, not for the hot path: it reads whole tables.
+        """
+        if self.engine is None:
+            raise RuntimeError(f"sink {self.name} is not open")
+        if isinstance(kinds, str):
+            kinds = (kinds,)
+        wanted = set(kinds) if kinds is not None else None
+        records = []
+        with self.engine.connect() as connection:
+            for rows in dict.fromkeys(self._rows.values()):
+                if wanted is not None and rows.family.kind not in wanted:
+                    continue
+                result = connection.execute(sa.select(rows.table))
+                records.extend(rows.record(row) for row in result.mappings())
+        records.sort(key=lambda r: (r.get("seq") or 0, r["id"]))
+        return records
+
+
+def _is_data_error(exc: BaseException) -> bool:
+    """True for failures that retrying the same data cannot fix."""
+    if isinstance(exc, (sa.exc.DataError, sa.exc.IntegrityError)):
+        return True
+    if isinstance(exc, (sa.exc.ProgrammingError, sa.exc.InterfaceError)):
+        # The driver refused a parameter before the database saw it: psycopg says so with
+        # no SQLSTATE ("cannot adapt type"), SQLite with "Error binding parameter".
+        orig = exc.orig
+        return getattr(orig, "sqlstate", "") is None or "binding parameter" in str(orig)
+    if isinstance(exc, sa.exc.DBAPIError):
+        return False
+    # A value a type's bind processor could not convert, or the driver refused outright.
+    return isinstance(exc, (sa.exc.StatementError, ValueError, TypeError, OverflowError))

@@ -1,0 +1,209 @@
+"""Shared fixtures: an in-process app with a fresh data directory, and a real server."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import orjson
+import pytest
+import sqlalchemy as sa
+
+from cortex.app import create_app
+from cortex.cli import initialise
+from cortex.dispatcher import Dispatcher
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+POSTGRES_URL = os.environ.get("CORTEX_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def need_service(reason: str) -> None:
+    """Skip a test whose service is absent, but fail it in CI, where every service must be."""
+    if IN_CI:
+        pytest.fail(f"{reason} (in CI every service must be present)")
+    pytest.skip(reason)
+
+
+def iso(moment: datetime | None = None) -> str:
+    """An ISO 8601 UTC timestamp as SDKs send it."""
+    return (moment or datetime.now(timezone.utc)).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+class Cortex:
+    """An in-process Cortex app on a fresh data directory, with helpers for tests."""
+
+    def __init__(self, data_dir: Path, overrides: dict | None = None):
+        self.data_dir = data_dir
+        config = {"data_dir": str(data_dir), "logging": {"level": "WARNING"}}
+        if overrides:
+            config.update(overrides)
+        self.app = create_app(overrides=config)
+        self.state = self.app.extensions["cortex"]
+        self.api_key = initialise(self.state)
+        self.org = "demo"
+        self.client = self.app.test_client()
+
+    def bundle(self, events: list[dict], **fields) -> dict:
+        """A bundle with this app's key and the usual device fields."""
+        return {"api_key": self.api_key, "app_ver": "1.0", "device_tag": "device-1", "os": "ios",
+                "os_ver": "17.1", "device_type": "iphone", **fields, "events": events}
+
+    def post(self, body, endpoint: str = "track", org: str | None = None, current_time: str | None = "now", **kwargs):
+        """POST a bundle (dict, or raw bytes) to an ingest endpoint."""
+        data = body if isinstance(body, (bytes, str)) else orjson.dumps(body)
+        url = f"/{org or self.org}/1/{endpoint}"
+        if current_time:
+            url += f"?current_time={iso() if current_time == 'now' else current_time}"
+        kwargs.setdefault("content_type", "text/plain")
+        return self.client.post(url, data=data, **kwargs)
+
+    def deliver(self) -> None:
+        """Run the dispatcher until every sink has everything queued."""
+        Dispatcher(self.state).drain(timeout=60)
+
+    def sql(self, query: str, **params) -> list:
+        """Rows from the SQL sink's database."""
+        engine = sa.create_engine(f"sqlite:///{self.data_dir / 'events.db'}")
+        try:
+            with engine.connect() as conn:
+                return [tuple(row) for row in conn.execute(sa.text(query), params)]
+        finally:
+            engine.dispose()
+
+    def records(self) -> list[dict]:
+        """Every record still in the queue."""
+        return [record for entry in self.state.queue.iter_all() for record in entry.records]
+
+
+@pytest.fixture
+def cortex(tmp_path) -> Cortex:
+    """A fresh in-process Cortex (SQLite queue, SQL sink on SQLite)."""
+    return Cortex(tmp_path / "data")
+
+
+@pytest.fixture
+def make_cortex(tmp_path):
+    """Make an in-process Cortex with configuration overrides."""
+    count = 0
+
+    def make(**overrides) -> Cortex:
+        nonlocal count
+        count += 1
+        return Cortex(tmp_path / f"data{count}", overrides)
+
+    return make
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServerProcess:
+    """``cortex serve`` running in a subprocess on a fresh data directory."""
+
+    def __init__(self, data_dir: Path, workers: int = 2, env: dict | None = None):
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.org = "demo"
+        self.env = {**os.environ, "CORTEX_DATA_DIR": str(data_dir), "CORTEX_LOGGING__LEVEL": "WARNING", **(env or {})}
+        init = subprocess.run([sys.executable, "-m", "cortex", "init"], env=self.env,
+                              capture_output=True, text=True, timeout=60, check=True)
+        lines = init.stdout.splitlines()
+        self.api_key = lines[lines.index(next(l for l in lines if "API key" in l)) + 2].strip()
+        self.log = open(data_dir / "server.log", "w")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "cortex", "serve", "--bind", f"127.0.0.1:{self.port}", "--workers", str(workers)],
+            env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        self.wait_ready()
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Block until the server answers."""
+        import requests
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"cortex serve exited: {(self.data_dir / 'server.log').read_text()}")
+            try:
+                requests.get(f"{self.url}/-/plugins", timeout=1)
+                return
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        raise TimeoutError("cortex serve did not start")
+
+    def worker_pids(self) -> list[int]:
+        """The gunicorn worker processes."""
+        out = subprocess.run(["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True).stdout
+        return [int(pid) for pid in out.split()]
+
+    def status(self) -> dict:
+        """``cortex status --json``."""
+        out = subprocess.run([sys.executable, "-m", "cortex", "status", "--json"], env=self.env,
+                             capture_output=True, text=True, timeout=60, check=True).stdout
+        return orjson.loads(out)
+
+    def wait_for_delivery(self, timeout: float = 60.0) -> None:
+        """Block until every sink has every queued record."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            sinks = self.status()["sinks"]
+            if all(s["pending"] == 0 for s in sinks.values()):
+                return
+            time.sleep(0.3)
+        raise TimeoutError(f"sinks still have pending records: {self.status()}")
+
+    def sql_rows(self, query: str) -> list[tuple]:
+        """Rows from the SQL sink's database."""
+        engine = sa.create_engine(f"sqlite:///{self.data_dir / 'events.db'}")
+        try:
+            with engine.connect() as conn:
+                return [tuple(row) for row in conn.execute(sa.text(query))]
+        finally:
+            engine.dispose()
+
+    def stop(self) -> None:
+        """Stop the server and its workers."""
+        import signal
+
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(5)
+        self.log.close()
+
+
+@pytest.fixture
+def cortex_server(tmp_path):
+    """A real ``cortex serve`` (gunicorn, 2 workers, embedded dispatcher) on loopback."""
+    server = ServerProcess(tmp_path / "server")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def postgres_url():
+    """The local PostgreSQL server's URL; skips (fails in CI) when it is not reachable."""
+    engine = sa.create_engine(POSTGRES_URL)
+    try:
+        with engine.connect():
+            pass
+    except Exception as error:  # noqa: BLE001 - any failure means "not reachable"
+        need_service(f"PostgreSQL at {POSTGRES_URL} is not reachable: {error.__class__.__name__}")
+    finally:
+        engine.dispose()
+    return POSTGRES_URL

@@ -1,0 +1,441 @@
+"""The bundled ``sql`` sink: the conformance suite and SQL-specific tests, on SQLite and
+PostgreSQL.
+
+PostgreSQL tests use ``CORTEX_TEST_POSTGRES_URL`` (default: the local server,
+``postgresql+psycopg://postgres@127.0.0.1:5432/test``), each in a fresh schema dropped
+afterwards.  They skip when the server is unreachable, except with ``CI=true``, where an
+unreachable server fails them.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import threading
+import uuid
+from datetime import datetime, timezone
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import pluggy
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
+from cortex import hookspecs
+from cortex.sinks import PermanentError, SinkContext
+from cortex.testing import SinkConformance, make_record, sample_records
+from cortex_sql import SqlSink
+from cortex_sql import migrate
+from cortex_sql.tables import build_tables
+
+PG_URL = os.environ.get(
+    "CORTEX_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+HEAD = "0001"
+
+
+# --- PostgreSQL availability ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pg_engine():
+    """An engine on the test server; skips (fails under ``CI=true``) when it is unreachable."""
+    engine = sa.create_engine(PG_URL, connect_args={"connect_timeout": 3})
+    try:
+        with engine.connect() as connection:
+            connection.execute(sa.text("SELECT 1"))
+    except sa.exc.OperationalError as exc:
+        engine.dispose()
+        reason = f"PostgreSQL unreachable at {sa.make_url(PG_URL).render_as_string()}: {exc.orig}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason + " (CI=true: PostgreSQL tests must run)")
+        pytest.skip(reason)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def pg_schema(pg_engine):
+    """A fresh schema name on the test server (created by the sink), dropped afterwards."""
+    name = f"cortex_test_{uuid.uuid4().hex[:12]}"
+    yield name
+    with pg_engine.begin() as connection:
+        connection.execute(sa.schema.DropSchema(name, cascade=True, if_exists=True))
+
+
+# --- the conformance suite ------------------------------------------------------------------
+
+
+class TestSqliteConformance(SinkConformance):
+    """The conformance suite on SQLite, with the default URL (``events.db`` in the data dir)."""
+
+    def make_sink(self, tmp_path: Path) -> SqlSink:
+        return SqlSink("sql", {}, SinkContext(tmp_path))
+
+    def stored_records(self, sink: SqlSink) -> list[dict]:
+        return sink.read_records()
+
+
+@pytest.mark.postgres
+class TestPostgresConformance(SinkConformance):
+    """The conformance suite on PostgreSQL, in a schema of its own per test."""
+
+    @pytest.fixture(autouse=True)
+    def _schema(self, pg_schema):
+        self.schema = pg_schema
+
+    def make_sink(self, tmp_path: Path) -> SqlSink:
+        return SqlSink("sql", {"url": PG_URL, "schema": self.schema}, SinkContext(tmp_path))
+
+    def stored_records(self, sink: SqlSink) -> list[dict]:
+        return sink.read_records()
+
+
+# --- SQL-specific tests, on both databases --------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def make_sink(request, tmp_path):
+    """A factory of (unopened) sinks on one database: SQLite in tmp_path, or a PG schema."""
+    if request.param == "sqlite":
+        base = {"url": f"sqlite:///{tmp_path}/events.db"}
+    else:
+        base = {"url": PG_URL, "schema": request.getfixturevalue("pg_schema")}
+    made = []
+
+    def factory(**options) -> SqlSink:
+        sink = SqlSink("sql", {**base, **options}, SinkContext(tmp_path))
+        made.append(sink)
+        return sink
+
+    yield factory
+    for sink in made:
+        sink.close()
+
+
+@pytest.fixture
+def sink(make_sink) -> SqlSink:
+    """An opened sink on each database."""
+    sink = make_sink()
+    sink.open()
+    return sink
+
+
+def tables_of(sink: SqlSink) -> dict[str, sa.Table]:
+    """The sink's tables, reflected fresh from its metadata definitions."""
+    return build_tables(sa.MetaData(), sink.table_prefix, sink.schema)
+
+
+def select_all(sink: SqlSink, table: str) -> list[sa.RowMapping]:
+    """Every row of one of the sink's tables, as SQLAlchemy gives them back."""
+    with sink.engine.connect() as connection:
+        return list(connection.execute(sa.select(tables_of(sink)[table])).mappings())
+
+
+def test_each_family_has_its_table(sink):
+    """Records go to the table a reporting user expects for their kind and type."""
+    sink.write(sample_records())
+    counts = {name: len(select_all(sink, name)) for name in tables_of(sink)}
+    assert counts == {
+        "events": 3, "economy": 1, "links": 1, "messages": 2, "experiments": 1,
+        "app_logs": 1, "interactions": 1, "ingest_errors": 1,
+    }
+    types = {row["type"] for row in select_all(sink, "events")}
+    assert types == {"install", "dau", "event"}
+    assert {row["type"] for row in select_all(sink, "messages")} == {
+        "message_send", "message_click"
+    }
+
+
+def test_typed_columns_round_trip(sink):
+    """Floats, big integers, aware datetimes, JSON lists and long unicode keep their types."""
+    event = make_record(
+        "track", "event", float1=0.1 + 0.2, float2=-1.5e300, float3=5e-324,
+        event_index=2**62, event_datetime="2024-02-29T23:59:59.999Z",
+        event_time="2024-03-01T00:00:01.250Z", kingdom="東京タワー 🎉",
+    )
+    message = make_record("track", "message_send", to_list=["a", "ユーザー", "𝄞" * 62])
+    economy = make_record("track", "economy", spend_amount=1234567.891, spend_amount_usd=1.5,
+                          usd_rate_date="2024-02-29")
+    log_line = ("ü☕𝄞a" * 16384)[:65535]
+    log = make_record("app_log", "log", log_line=log_line, response_bytes=2**40)
+    sink.write([event, message, economy, log])
+
+    (row,) = select_all(sink, "events")
+    assert row["float1"] == 0.1 + 0.2 and isinstance(row["float1"], float)
+    assert row["float2"] == -1.5e300 and row["float3"] == 5e-324
+    assert row["event_index"] == 2**62
+    assert row["event_datetime"] == datetime(2024, 2, 29, 23, 59, 59, 999000, timezone.utc)
+    assert row["event_time"].tzinfo is not None
+    assert row["event_time"] == datetime(2024, 3, 1, 0, 0, 1, 250000, timezone.utc)
+    assert row["clock_skew_seconds"] == pytest.approx(-1.251)
+    assert row["kingdom"] == "東京タワー 🎉"
+    assert row["extra"] == event["extra"] and row["warnings"] == event["warnings"]
+    (row,) = select_all(sink, "messages")
+    assert row["to_list"] == ["a", "ユーザー", "𝄞" * 62]
+    (row,) = select_all(sink, "economy")
+    assert row["spend_amount"] == 1234567.891
+    assert row["spend_amount_usd"] == 1.5
+    assert str(row["usd_rate_date"]) == "2024-02-29"
+    (row,) = select_all(sink, "app_logs")
+    assert row["log_line"] == log_line and len(row["log_line"]) == 65535
+    assert row["response_bytes"] == 2**40
+
+
+def test_column_types_in_the_database(sink):
+    """The database itself has typed columns, not text everywhere."""
+    inspector = sa.inspect(sink.engine)
+    columns = {c["name"]: c["type"] for c in inspector.get_columns("events", schema=sink.schema)}
+    assert isinstance(columns["float1"], sa.Float)
+    assert isinstance(columns["event_index"], sa.BigInteger)
+    assert isinstance(columns["seq"], sa.BigInteger)
+    assert isinstance(columns["event_time"], sa.DateTime)
+    assert isinstance(columns["kingdom"], sa.String) and columns["kingdom"].length == 32
+    assert columns["device_tag"].length == 62 and columns["country"].length == 2
+    assert "api_key" not in columns and "context" not in columns
+    if sink.engine.dialect.name == "postgresql":
+        assert columns["event_time"].timezone
+        assert isinstance(columns["extra"], sa.JSON)
+    indexes = inspector.get_indexes("events", schema=sink.schema)
+    assert any(ix["column_names"] == ["org", "event_time"] for ix in indexes)
+    economy = {c["name"] for c in inspector.get_columns("economy", schema=sink.schema)}
+    assert {"spend_amount_usd", "usd_rate_date", "region", "city"} <= economy
+
+
+def test_class_and_order_columns(sink):
+    """The spec's ``class`` and ``order`` fields are real, queryable columns."""
+    sink.write([make_record("track", "event", **{"class": "gems", "order": "größe_m"})])
+    quote = sink.engine.dialect.identifier_preparer.quote
+    table = tables_of(sink)["events"]
+    name = quote(table.name) if not sink.schema else f"{quote(sink.schema)}.{quote(table.name)}"
+    with sink.engine.connect() as connection:
+        row = connection.execute(
+            sa.text(f'SELECT {quote("class")}, {quote("order")} FROM {name}')
+        ).one()
+        assert tuple(row) == ("gems", "größe_m")
+        count = connection.execute(
+            sa.select(sa.func.count()).where(table.c["order"] == "größe_m")
+        ).scalar()
+        assert count == 1
+
+
+def test_idempotent_rewrite(sink):
+    """The same id written again, in another batch or the same one, is stored once."""
+    record = make_record("track", "economy")
+    changed = {**copy.deepcopy(record), "spend_amount": 99.0}
+    sink.write([record])
+    sink.write([changed, copy.deepcopy(record)])
+    (row,) = select_all(sink, "economy")
+    assert row["spend_amount"] == record["spend_amount"]
+
+
+def test_idempotent_without_on_conflict(sink):
+    """Dialects without ON CONFLICT look up stored ids first (forced here)."""
+    sink._statements.clear()
+    records = sample_records()
+    sink.write(records[:4])
+    sink.write(records + [copy.deepcopy(records[0])])
+    assert len(sink.read_records()) == len(records)
+
+
+def test_one_transaction_per_write(sink):
+    """A batch that fails stores none of its records."""
+    good = make_record("track", "dau")
+    bad = make_record("track", "event", event_index=2**70)
+    with pytest.raises(PermanentError):
+        sink.write([good, bad])
+    assert sink.read_records() == []
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"event_index": 2**70},  # beyond BIGINT
+        {"event_datetime": "yesterday"},  # not a timestamp
+        {"kingdom": {"not": "a string"}},  # a dict in a string column
+    ],
+    ids=["int-overflow", "bad-timestamp", "dict-in-string"],
+)
+def test_permanent_error_for_unstorable_values(sink, fields):
+    """A value the database cannot take is a PermanentError, not a retryable failure."""
+    with pytest.raises(PermanentError):
+        sink.write([make_record("track", "event", **fields)])
+
+
+@pytest.mark.postgres
+def test_permanent_error_for_overlong_string_on_postgres(pg_schema, tmp_path):
+    """PostgreSQL refuses a string longer than its column: a PermanentError."""
+    sink = SqlSink("sql", {"url": PG_URL, "schema": pg_schema}, SinkContext(tmp_path))
+    sink.open()
+    try:
+        with pytest.raises(PermanentError):
+            sink.write([make_record("track", "event", kingdom="k" * 33)])
+        with pytest.raises(PermanentError):
+            sink.write([make_record("track", "event", kingdom="nul\x00byte")])
+    finally:
+        sink.close()
+
+
+def test_unknown_kind_is_permanent(sink):
+    """A record no table is made for is refused for good."""
+    with pytest.raises(PermanentError):
+        sink.write([make_record("track", "no_such_type")])
+    with pytest.raises(PermanentError):
+        sink.write([{**make_record(), "kind": "mystery"}])
+
+
+def test_missing_table_is_not_permanent(sink):
+    """A database problem (here a dropped table) propagates as is, to be retried."""
+    with sink.engine.begin() as connection:
+        tables_of(sink)["events"].drop(connection)
+    with pytest.raises(sa.exc.DBAPIError) as caught:
+        sink.write([make_record()])
+    assert not isinstance(caught.value, PermanentError)
+
+
+def test_rejected_records_with_odd_values_are_kept(sink):
+    """An ingest error keeps whatever was sent: odd types and overlong strings are fitted."""
+    record = make_record("rejected", "t" * 500, payload={"type": ["x"], "n": 10**30},
+                         endpoint=12345)
+    sink.write([record])
+    (row,) = select_all(sink, "ingest_errors")
+    assert row["type"] == "t" * 64 and row["endpoint"] == "12345"
+    assert row["payload"] == {"type": ["x"], "n": 10**30}
+    assert row["reasons"] == record["reasons"] and row["bundle"] == record["bundle"]
+
+
+def test_unknown_keys_are_ignored(sink):
+    """Fields the tables have no column for (context, future fields) are left out."""
+    sink.write([make_record(brand_new_field="x", another={"a": 1})])
+    (stored,) = sink.read_records()
+    assert "brand_new_field" not in stored and "context" not in stored
+
+
+def test_migration_is_rerunnable(make_sink):
+    """Opening an up-to-date database again is a no-op that keeps the data."""
+    first = make_sink()
+    first.open()
+    first.write(sample_records())
+    migrate.upgrade(first.engine, first.table_prefix, first.schema)
+    first.close()
+    second = make_sink()
+    second.open()
+    assert migrate.current_revision(second.engine, "", second.schema) == HEAD
+    assert len(second.read_records()) == len(sample_records())
+
+
+def test_migrated_schema_matches_table_definitions(sink):
+    """The migrations build exactly the tables :mod:`cortex_sql.tables` defines.
+
+    When this fails, the ingest schemas changed: add a migration revision.
+    """
+    metadata = sa.MetaData()
+    build_tables(metadata, sink.table_prefix, sink.schema)
+    with sink.engine.connect() as connection:
+        context = MigrationContext.configure(
+            connection,
+            opts={"compare_type": True, "include_schemas": bool(sink.schema),
+                  "include_name": lambda name, type_, parent: (
+                      type_ != "schema" or name == sink.schema)},
+        )
+        diffs = compare_metadata(context, metadata)
+    diffs = [d for d in diffs if not (
+        d[0] == "remove_table" and d[1].name == migrate.VERSION_TABLE)]
+    assert diffs == []
+
+
+def test_version_table_name(sink):
+    """Alembic's version table is ``cortex_sql_version``, not a user's ``alembic_version``."""
+    names = sa.inspect(sink.engine).get_table_names(schema=sink.schema)
+    assert "cortex_sql_version" in names and "alembic_version" not in names
+
+
+def test_concurrent_open(make_sink):
+    """Two sinks opening a new database at the same moment both succeed."""
+    sinks = [make_sink(), make_sink()]
+    barrier = threading.Barrier(len(sinks))
+    errors = []
+
+    def open_sink(sink):
+        try:
+            barrier.wait()
+            sink.open()
+            sink.write(sample_records())
+        except Exception as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_sink, args=(sink,)) for sink in sinks]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
+    assert len(sinks[0].read_records()) == 2 * len(sample_records())
+    assert migrate.current_revision(sinks[0].engine, "", sinks[0].schema) == HEAD
+
+
+def test_table_prefixes_share_a_database(make_sink):
+    """Sinks with different prefixes keep separate tables and version tables."""
+    plain, prefixed = make_sink(), make_sink(table_prefix="dc_")
+    plain.open()
+    prefixed.open()
+    plain.write([make_record()])
+    prefixed.write([make_record(), make_record()])
+    assert len(plain.read_records()) == 1 and len(prefixed.read_records()) == 2
+    names = set(sa.inspect(plain.engine).get_table_names(schema=plain.schema))
+    assert {"events", "dc_events", "cortex_sql_version", "dc_cortex_sql_version"} <= names
+
+
+# --- configuration and registration ---------------------------------------------------------
+
+
+def test_default_database_is_in_the_data_dir(tmp_path):
+    """Without a URL the sink uses ``events.db`` in the data dir, created only by open()."""
+    data_dir = tmp_path / "data"
+    sink = SqlSink("sql", {}, SinkContext(data_dir))
+    assert not data_dir.exists()
+    sink.open()
+    try:
+        assert (data_dir / "events.db").exists()
+        with sink.engine.connect() as connection:
+            assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() > 0
+    finally:
+        sink.close()
+
+
+def test_describe_hides_the_password(tmp_path):
+    """describe() shows where the data goes, never the password."""
+    sink = SqlSink(
+        "warehouse",
+        {"url": "postgresql+psycopg://cortex:s3cr3t-pw@db.example:5432/analytics",
+         "schema": "cortex"},
+        SinkContext(tmp_path),
+    )
+    summary = sink.describe()
+    assert "s3cr3t-pw" not in repr(summary)
+    assert summary["url"] == "postgresql+psycopg://cortex:***@db.example:5432/analytics"
+    assert summary["schema"] == "cortex" and summary["type"] == "sql"
+
+
+def test_bad_options_are_refused(tmp_path):
+    """An unsafe table prefix, or a schema on SQLite, is a configuration error."""
+    with pytest.raises(ValueError):
+        SqlSink("sql", {"table_prefix": "x; DROP"}, SinkContext(tmp_path))
+    with pytest.raises(ValueError):
+        SqlSink("sql", {"schema": "s"}, SinkContext(tmp_path))
+
+
+def test_registered_through_the_entry_point():
+    """The ``cortex`` entry point ``sql`` registers :class:`SqlSink` via the hook."""
+    (entry,) = [ep for ep in entry_points(group="cortex") if ep.name == "sql"]
+    plugin = entry.load()
+    manager = pluggy.PluginManager("cortex")
+    manager.add_hookspecs(hookspecs)
+    manager.register(plugin)
+    registered = []
+    manager.hook.register_sinks(register=registered.append)
+    assert registered == [SqlSink]
+    assert SqlSink.type_name == "sql" and SqlSink.idempotent is True
