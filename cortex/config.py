@@ -124,24 +124,24 @@ def _is_ref(value: Mapping) -> bool:
     return set(value) in ({"env"}, {"file"})
 
 
-def _resolve_secrets(value: Any, where: str) -> Any:
+def _resolve_secrets(value: Any, where: str, environ: Mapping[str, str]) -> Any:
     if isinstance(value, Mapping):
         if _is_ref(value):
             if "env" in value:
                 name = value["env"]
-                if name not in os.environ:
+                if name not in environ:
                     raise ConfigError(
                         f"{where} refers to the environment variable {name}, which is not set"
                     )
-                return Secret(os.environ[name], f"${name}")
+                return Secret(environ[name], f"${name}")
             path = Path(value["file"])
             try:
                 return Secret(path.read_text().strip(), str(path))
             except OSError as error:
                 raise ConfigError(f"{where} refers to the file {path}: {error.strerror}") from None
-        return {k: _resolve_secrets(v, f"{where}.{k}" if where else k) for k, v in value.items()}
+        return {k: _resolve_secrets(v, f"{where}.{k}" if where else k, environ) for k, v in value.items()}
     if isinstance(value, list):
-        return [_resolve_secrets(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return [_resolve_secrets(v, f"{where}[{i}]", environ) for i, v in enumerate(value)]
     return value
 
 
@@ -195,7 +195,7 @@ def load_config(
     config = merge(config, environment_overrides(environ))
     if overrides:
         config = merge(config, overrides)
-    config = _resolve_secrets(config, "")
+    config = _resolve_secrets(config, "", environ)
     return finish(config)
 
 

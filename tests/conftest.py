@@ -29,6 +29,16 @@ def need_service(reason: str) -> None:
     pytest.skip(reason)
 
 
+def make_plugin(name: str, **hooks):
+    """A plugin object (a module, as pluggy wants hashable plugins) with the given hooks."""
+    import types
+
+    module = types.ModuleType(name)
+    for hook_name, function in hooks.items():
+        setattr(module, hook_name, function)
+    return module
+
+
 def iso(moment: datetime | None = None) -> str:
     """An ISO 8601 UTC timestamp as SDKs send it."""
     return (moment or datetime.now(timezone.utc)).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
@@ -37,12 +47,12 @@ def iso(moment: datetime | None = None) -> str:
 class Cortex:
     """An in-process Cortex app on a fresh data directory, with helpers for tests."""
 
-    def __init__(self, data_dir: Path, overrides: dict | None = None):
+    def __init__(self, data_dir: Path, overrides: dict | None = None, plugins=()):
         self.data_dir = data_dir
         config = {"data_dir": str(data_dir), "logging": {"level": "WARNING"}}
         if overrides:
             config.update(overrides)
-        self.app = create_app(overrides=config)
+        self.app = create_app(overrides=config, plugins=plugins)
         self.state = self.app.extensions["cortex"]
         self.api_key = initialise(self.state)
         self.org = "demo"
@@ -75,6 +85,12 @@ class Cortex:
         finally:
             engine.dispose()
 
+    def cli(self, *args: str):
+        """Run a ``cortex`` command against this app; returns click's Result."""
+        from cortex.cli import cli
+
+        return self.app.test_cli_runner().invoke(cli, list(args))
+
     def records(self) -> list[dict]:
         """Every record still in the queue."""
         return [record for entry in self.state.queue.iter_all() for record in entry.records]
@@ -91,10 +107,10 @@ def make_cortex(tmp_path):
     """Make an in-process Cortex with configuration overrides."""
     count = 0
 
-    def make(**overrides) -> Cortex:
+    def make(plugins=(), **overrides) -> Cortex:
         nonlocal count
         count += 1
-        return Cortex(tmp_path / f"data{count}", overrides)
+        return Cortex(tmp_path / f"data{count}", overrides, plugins)
 
     return make
 

@@ -1,16 +1,14 @@
 """The bundled ``sql`` sink: the conformance suite and SQL-specific tests, on SQLite and
 PostgreSQL.
 
-PostgreSQL tests use ``CORTEX_TEST_POSTGRES_URL`` (default: the local server,
-``postgresql+psycopg://postgres@127.0.0.1:5432/test``), each in a fresh schema dropped
-afterwards.  They skip when the server is unreachable, except with ``CI=true``, where an
-unreachable server fails them.
+PostgreSQL tests use the ``postgres_url`` fixture (the local server, or
+``CORTEX_TEST_POSTGRES``; skipped when unreachable, failed under ``CI=true``), each in a
+fresh schema dropped afterwards.
 """
 
 from __future__ import annotations
 
 import copy
-import os
 import threading
 import uuid
 from datetime import datetime, timezone
@@ -30,39 +28,20 @@ from cortex_sql import SqlSink
 from cortex_sql import migrate
 from cortex_sql.tables import build_tables
 
-PG_URL = os.environ.get(
-    "CORTEX_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
 HEAD = "0001"
 
 
-# --- PostgreSQL availability ----------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def pg_engine():
-    """An engine on the test server; skips (fails under ``CI=true``) when it is unreachable."""
-    engine = sa.create_engine(PG_URL, connect_args={"connect_timeout": 3})
-    try:
-        with engine.connect() as connection:
-            connection.execute(sa.text("SELECT 1"))
-    except sa.exc.OperationalError as exc:
-        engine.dispose()
-        reason = f"PostgreSQL unreachable at {sa.make_url(PG_URL).render_as_string()}: {exc.orig}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason + " (CI=true: PostgreSQL tests must run)")
-        pytest.skip(reason)
-    yield engine
-    engine.dispose()
-
-
 @pytest.fixture
-def pg_schema(pg_engine):
-    """A fresh schema name on the test server (created by the sink), dropped afterwards."""
+def pg_schema(postgres_url):
+    """A fresh schema name on the test server (the sink creates it), dropped afterwards."""
     name = f"cortex_test_{uuid.uuid4().hex[:12]}"
     yield name
-    with pg_engine.begin() as connection:
-        connection.execute(sa.schema.DropSchema(name, cascade=True, if_exists=True))
+    engine = sa.create_engine(postgres_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(sa.schema.DropSchema(name, cascade=True, if_exists=True))
+    finally:
+        engine.dispose()
 
 
 # --- the conformance suite ------------------------------------------------------------------
@@ -83,11 +62,11 @@ class TestPostgresConformance(SinkConformance):
     """The conformance suite on PostgreSQL, in a schema of its own per test."""
 
     @pytest.fixture(autouse=True)
-    def _schema(self, pg_schema):
-        self.schema = pg_schema
+    def _database(self, postgres_url, pg_schema):
+        self.url, self.schema = postgres_url, pg_schema
 
     def make_sink(self, tmp_path: Path) -> SqlSink:
-        return SqlSink("sql", {"url": PG_URL, "schema": self.schema}, SinkContext(tmp_path))
+        return SqlSink("sql", {"url": self.url, "schema": self.schema}, SinkContext(tmp_path))
 
     def stored_records(self, sink: SqlSink) -> list[dict]:
         return sink.read_records()
@@ -102,7 +81,10 @@ def make_sink(request, tmp_path):
     if request.param == "sqlite":
         base = {"url": f"sqlite:///{tmp_path}/events.db"}
     else:
-        base = {"url": PG_URL, "schema": request.getfixturevalue("pg_schema")}
+        base = {
+            "url": request.getfixturevalue("postgres_url"),
+            "schema": request.getfixturevalue("pg_schema"),
+        }
     made = []
 
     def factory(**options) -> SqlSink:
@@ -265,9 +247,9 @@ def test_permanent_error_for_unstorable_values(sink, fields):
 
 
 @pytest.mark.postgres
-def test_permanent_error_for_overlong_string_on_postgres(pg_schema, tmp_path):
-    """PostgreSQL refuses a string longer than its column: a PermanentError."""
-    sink = SqlSink("sql", {"url": PG_URL, "schema": pg_schema}, SinkContext(tmp_path))
+def test_permanent_error_for_overlong_string_on_postgres(postgres_url, pg_schema, tmp_path):
+    """PostgreSQL refuses a string longer than its column (or a NUL): a PermanentError."""
+    sink = SqlSink("sql", {"url": postgres_url, "schema": pg_schema}, SinkContext(tmp_path))
     sink.open()
     try:
         with pytest.raises(PermanentError):

@@ -50,6 +50,7 @@ def create_engine(
 ) -> sa.Engine:
     """An engine for ``url``; a SQLite file's directory is created if missing."""
     url = sa.make_url(url)
+    # json.loads for reading: orjson would turn integers beyond 64 bits into floats.
     options: dict[str, Any] = {"json_serializer": dumps_json, "json_deserializer": json.loads}
     if pool_size:
         options["pool_size"] = int(pool_size)

@@ -8,7 +8,7 @@ None where the record has no such field.  Keys the table has no column for (``ki
 from __future__ import annotations
 
 import json
-from datetime import date, datetime
+from datetime import date, datetime, timezone
 from typing import Any
 
 import sqlalchemy as sa
@@ -24,6 +24,26 @@ def _record_time(moment: datetime) -> str:
     if moment.microsecond % 1000:
         return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     return format_timestamp(moment)
+
+
+def _utc_datetime(value: Any) -> datetime:
+    """An ISO 8601 string (or a datetime) as an aware UTC datetime."""
+    if value.__class__ is str:
+        return parse_timestamp(value)
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+    raise ValueError(f"not a date and time: {value!r}")
+
+
+def _date(value: Any) -> date:
+    """An ISO 8601 date string (or a date) as a date."""
+    if value.__class__ is str:
+        return date.fromisoformat(value)
+    if isinstance(value, date) and not isinstance(value, datetime):
+        return value
+    raise ValueError(f"not a date: {value!r}")
 
 
 class TableRows:
@@ -52,13 +72,11 @@ class TableRows:
             if key in columns:
                 row[key] = value
         for name in self._timestamps:
-            value = row[name]
-            if value.__class__ is str:
-                row[name] = parse_timestamp(value)
+            if row[name] is not None:
+                row[name] = _utc_datetime(row[name])
         for name in self._dates:
-            value = row[name]
-            if value.__class__ is str:
-                row[name] = date.fromisoformat(value)
+            if row[name] is not None:
+                row[name] = _date(row[name])
         if self.family.type_column and row[self.family.type_column] is None:
             row[self.family.type_column] = record.get("type")
         if self._skew and row["clock_skew_seconds"] is None:

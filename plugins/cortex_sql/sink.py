@@ -14,13 +14,14 @@ from cortex.sinks import PermanentError, Sink
 from cortex_sql import migrate
 from cortex_sql.engine import create_engine
 from cortex_sql.rows import TableRows
-from cortex_sql.tables import FAMILIES, build_tables
+from cortex_sql.tables import FAMILIES, build_tables, family_of
 
 __all__ = ["SqlSink"]
 
 OPTIONS = {"url", "table_prefix", "schema", "pool_size", "busy_timeout"}
 
-_PREFIX = re.compile(r"^[A-Za-z0-9_]*$")
+#: letters, digits, underscores; short enough for index names within PostgreSQL's 63
+_PREFIX = re.compile(r"^[A-Za-z0-9_]{0,30}$")
 
 #: dialects with ``INSERT ... ON CONFLICT (id) DO NOTHING``
 _UPSERT_INSERTS = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
@@ -52,6 +53,7 @@ class SqlSink(Sink):
         if not _PREFIX.match(self.table_prefix):
             raise ValueError(
                 f"sink {name}: table_prefix may hold only letters, digits and underscores"
+                " (30 at most)"
             )
         self.schema = self.options.get("schema") or None
         self.url = sa.make_url(
@@ -60,13 +62,15 @@ class SqlSink(Sink):
         if self.schema and self.url.get_backend_name() == "sqlite":
             raise ValueError(f"sink {name}: schema is not supported on SQLite")
         self.engine: sa.Engine | None = None
-        self._rows: dict[tuple[str, str | None], TableRows] = {}
+        #: by unprefixed table name
+        self._rows: dict[str, TableRows] = {}
         self._statements: dict[TableRows, Any] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def open(self) -> None:
         """Create the engine and bring the tables to the newest migration."""
+        self.close()
         self.engine = create_engine(
             self.url,
             pool_size=self.options.get("pool_size"),
@@ -76,9 +80,7 @@ class SqlSink(Sink):
         tables = build_tables(sa.MetaData(), self.table_prefix, self.schema)
         upsert_insert = _UPSERT_INSERTS.get(self.engine.dialect.name)
         for family in FAMILIES:
-            rows = TableRows(family, tables[family.table])
-            for type_ in family.types or (None,):
-                self._rows[family.kind, type_] = rows
+            rows = self._rows[family.table] = TableRows(family, tables[family.table])
             if upsert_insert is not None:
                 table = rows.table
                 self._statements[rows] = upsert_insert(table).on_conflict_do_nothing(
@@ -104,13 +106,13 @@ class SqlSink(Sink):
     # -- writing ---------------------------------------------------------------------------
 
     def _table_rows(self, record: dict[str, Any]) -> TableRows:
-        kind = record.get("kind")
-        rows = self._rows.get((kind, record.get("type"))) or self._rows.get((kind, None))
-        if rows is None:
+        family = family_of(record.get("kind"), record.get("type"))
+        if family is None:
             raise PermanentError(
-                f"no table for records of kind {kind!r} and type {record.get('type')!r}"
+                f"no table for records of kind {record.get('kind')!r}"
+                f" and type {record.get('type')!r}"
             )
-        return rows
+        return self._rows[family.table]
 
     def write(self, records: list[dict[str, Any]]) -> None:
         """Store ``records`` in one transaction; records stored before are skipped."""
@@ -164,7 +166,7 @@ class SqlSink(Sink):
         wanted = set(kinds) if kinds is not None else None
         records = []
         with self.engine.connect() as connection:
-            for rows in dict.fromkeys(self._rows.values()):
+            for rows in self._rows.values():
                 if wanted is not None and rows.family.kind not in wanted:
                     continue
                 result = connection.execute(sa.select(rows.table))

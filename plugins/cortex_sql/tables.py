@@ -2,21 +2,17 @@
 
 One table per event family, as a reporting user expects to find them:
 
-==================  ==================================  ==========================
-table               records                             ``type``
-==================  ==================================  ==========================
-``events``          track ``install``, ``dau``, ``event``  column ``type``
-``economy``         track ``economy``                   always ``economy``
-``links``           track ``link``                      always ``link``
-``messages``        track ``message_send``, ``message_click``  column ``type``
-``experiments``     track ``experiment``                always ``experiment``
-``app_logs``        app_log                             always ``log``
-``interactions``    interaction                         column ``event_type``
-``ingest_errors``   rejected                            column ``type``
-==================  ==================================  ==========================
+- ``events``: track ``install``, ``dau`` and ``event`` (column ``type``)
+- ``economy``: track ``economy`` (plus ``spend_amount_usd``, ``usd_rate_date``)
+- ``links``: track ``link``
+- ``messages``: track ``message_send`` and ``message_click`` (column ``type``)
+- ``experiments``: track ``experiment``
+- ``app_logs``: app_log lines
+- ``interactions``: the generic interactions API (its ``type`` is ``event_type``)
+- ``ingest_errors``: rejected events, with their reasons, payload and bundle
 
 The column of every spec field is derived from its marshmallow field in
-:mod:`cortex.ingest.schemas` (``Text(n)`` → ``String(n)``, ``Number`` → ``Float``,
+:mod:`cortex.ingest.schemas` (``Text(n)`` → ``String(n)``, ``Number`` → ``Double`` (a ``Float``),
 ``Integer`` → ``BigInteger``, ``Timestamp`` → timezone-aware ``DateTime``, ``TagList`` →
 ``JSON``), so a field added there shows up here; the migrations are the frozen history of
 these definitions, and the test suite checks that the two agree.
@@ -43,10 +39,6 @@ __all__ = ["FAMILIES", "Family", "UtcDateTime", "build_tables", "family_of"]
 
 #: strings longer than this become ``Text`` (unbounded) rather than ``VARCHAR(n)``
 LONG_TEXT = 4000
-
-#: the columns holding ISO 8601 timestamps in records
-TIMESTAMP_COLUMNS = ("received_at", "event_datetime", "event_time")
-
 
 class UtcDateTime(TypeDecorator):
     """``DateTime(timezone=True)`` that always gives back aware UTC datetimes.
@@ -77,7 +69,7 @@ def column_type(field: F.Coercing) -> sa.types.TypeEngine:
     if isinstance(field, F.Text):
         return sa.Text() if field.max_length > LONG_TEXT else sa.String(field.max_length)
     if isinstance(field, F.Number):
-        return sa.Float()
+        return sa.Double()
     if isinstance(field, F.Integer):
         return sa.BigInteger()
     if isinstance(field, F.Timestamp):
@@ -162,7 +154,7 @@ def _time_columns() -> list[sa.Column]:
         sa.Column("received_at", UtcDateTime()),
         sa.Column("event_datetime", UtcDateTime()),
         sa.Column("event_time", UtcDateTime()),
-        sa.Column("clock_skew_seconds", sa.Float),
+        sa.Column("clock_skew_seconds", sa.Double),
     ]
 
 
@@ -198,7 +190,7 @@ def _event_columns(family: Family) -> list[sa.Column]:
     columns += _field_columns(_merge(fields, STORED_BUNDLE_FIELDS))
     columns += _enrichment_columns()
     if family.table == "economy":
-        columns += [sa.Column("spend_amount_usd", sa.Float), sa.Column("usd_rate_date", sa.Date)]
+        columns += [sa.Column("spend_amount_usd", sa.Double), sa.Column("usd_rate_date", sa.Date)]
     return columns + _tail_columns()
 
 

@@ -48,7 +48,7 @@ def _times():
         sa.Column("received_at", _timestamp()),
         sa.Column("event_datetime", _timestamp()),
         sa.Column("event_time", _timestamp()),
-        sa.Column("clock_skew_seconds", sa.Float),
+        sa.Column("clock_skew_seconds", sa.Double),
     ]
 
 
@@ -60,7 +60,7 @@ def _taxonomy():
     names = ("kingdom", "phylum", "class", "order", "family", "genus", "species")
     return [
         *_strings(*((name, 32) for name in names)),
-        *(sa.Column(f"float{i}", sa.Float) for i in range(1, 5)),
+        *(sa.Column(f"float{i}", sa.Double) for i in range(1, 5)),
     ]
 
 
@@ -101,9 +101,9 @@ def _columns():
         ],
         "economy": [
             *_identity(), *_times(), *_event_head(), *_taxonomy(),
-            *_strings(("online_status", 16)), sa.Column("spend_amount", sa.Float),
+            *_strings(("online_status", 16)), sa.Column("spend_amount", sa.Double),
             *_strings(("spend_currency", 16), ("spend_type", 32)), *_bundle("group_tag"),
-            *_enrichment(), sa.Column("spend_amount_usd", sa.Float),
+            *_enrichment(), sa.Column("spend_amount_usd", sa.Double),
             sa.Column("usd_rate_date", sa.Date), *_tail(),
         ],
         "links": [
@@ -125,7 +125,7 @@ def _columns():
             *_identity(), *_times(), sa.Column("log_line", sa.Text),
             *_strings(("log_level", 16), ("hostname", 64), ("filename", 256),
                       ("remote_address", 64)),
-            sa.Column("response_bytes", sa.BigInteger), sa.Column("response_ms", sa.Float),
+            sa.Column("response_bytes", sa.BigInteger), sa.Column("response_ms", sa.Double),
             *_bundle(), *_enrichment(), *_tail(),
         ],
         "interactions": [
