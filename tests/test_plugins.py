@@ -36,7 +36,8 @@ def _enrichers(register):
     register(UpperEnricher)
 
 
-third_party = make_plugin("third_party", register_sinks=hookimpl(_sinks), register_enrichers=hookimpl(_enrichers)
+third_party = make_plugin(
+    "third_party", register_sinks=hookimpl(_sinks), register_enrichers=hookimpl(_enrichers)
 )
 
 

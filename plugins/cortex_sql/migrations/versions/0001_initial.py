@@ -145,6 +145,7 @@ def _columns():
 
 
 def upgrade() -> None:
+    """Create every table with its (org, time) index."""
     prefix, schema = migration_options()
     for table, columns in _columns().items():
         name = prefix + table
@@ -156,6 +157,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    """Drop every table (and with it the data)."""
     prefix, schema = migration_options()
     for table in reversed(TABLES):
         op.drop_table(prefix + table, schema=schema)
