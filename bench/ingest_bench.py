@@ -467,6 +467,37 @@ def run_load(server: Server, size: int, run_id: str, duration: int, args) -> Loa
     )
 
 
+# profiling -------------------------------------------------------------------------------
+def start_profilers(server: Server, label: str, args) -> list[Managed]:
+    """``py-spy record`` on every worker for the measured load (raw, collapsed stacks)."""
+    py_spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
+    if py_spy is None:
+        print("   warning: --profile needs py-spy (.venv/bin/pip install py-spy); not profiling", flush=True)
+        return []
+    args.profile.mkdir(parents=True, exist_ok=True)
+    profilers = []
+    for pid in worker_pids(server.pid):
+        output = args.profile / f"{label}-worker{pid}.txt"
+        profilers.append(Managed(
+            f"py-spy ({pid})",
+            [py_spy, "record", "--pid", str(pid), "--duration", str(args.duration), "--rate", "200",
+             "--format", "raw", "--threads", "--nonblocking", "--output", output],
+            args.workdir / f"py-spy-{label}-{pid}.log", child_env(),
+        ))
+    print(f"   profiling workers {worker_pids(server.pid)} into {args.profile}/", flush=True)
+    return profilers
+
+
+def finish_profilers(profilers: list[Managed]) -> None:
+    """Let py-spy write its output (it stops by itself after the load duration)."""
+    for profiler in profilers:
+        try:
+            profiler.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            pass
+        profiler.stop(grace=5)
+
+
 # one case --------------------------------------------------------------------------------
 @dataclass
 class Case:
@@ -547,8 +578,10 @@ def run_case(kind: str, size: int, args) -> Case:
                 print(f"   warning: the warm-up backlog did not drain in {waited:.0f}s", flush=True)
             accepted_before = accepted_events(cortex_status(server.data_dir))
 
+        profilers = start_profilers(server, label, args) if kind == "cortex" and args.profile else []
         with Sampler(server.pid, server.queue_db) as sampler:
             load = run_load(server, size, f"{label}-run", args.duration, args)
+        finish_profilers(profilers)
         load_end = time.monotonic()
         answered += load.ok * size
         case.requests, case.ok, case.non_200 = load.requests, load.ok, load.bad
@@ -674,6 +707,8 @@ def parse_args(argv: list[str] | None = None):
                         help="load generator (default: wrk when installed, else the Python fallback)")
     parser.add_argument("--drain-timeout", type=float, default=120.0, help="longest wait for the dispatcher (s)")
     parser.add_argument("--max-drain", type=float, default=2.0, help="drain time that still counts as keeping up (s)")
+    parser.add_argument("--profile", type=Path, metavar="DIR",
+                        help="py-spy record the Cortex workers during the measured load into DIR")
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, databases)")
     args = parser.parse_args(argv)

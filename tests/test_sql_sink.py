@@ -106,7 +106,7 @@ def sink(make_sink) -> SqlSink:
 
 
 def tables_of(sink: SqlSink) -> dict[str, sa.Table]:
-    """The sink's tables, reflected fresh from its metadata definitions."""
+    """The sink's table definitions (with its prefix and schema)."""
     return build_tables(sa.MetaData(), sink.table_prefix, sink.schema)
 
 

@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import hashlib
 import time
-from typing import Any
-
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 
-__all__ = ["VERSION_TABLE", "migration_options", "upgrade"]
+__all__ = ["VERSION_TABLE", "alembic_config", "current_revision", "migration_options", "upgrade"]
 
 #: the Alembic version table's name (after the table prefix)
 VERSION_TABLE = "cortex_sql_version"
@@ -64,8 +62,9 @@ def _prepare(connection: sa.Connection, prefix: str, schema: str | None) -> None
             connection.execute(sa.schema.CreateSchema(schema, if_not_exists=True))
 
 
-def upgrade(engine: sa.Engine, prefix: str = "", schema: str | None = None, *,
-            attempts: int = 5) -> None:
+def upgrade(
+    engine: sa.Engine, prefix: str = "", schema: str | None = None, *, attempts: int = 5
+) -> None:
     """Bring the sink's tables to the newest revision; a no-op when already current."""
     for attempt in range(1, attempts + 1):
         try:
@@ -81,7 +80,9 @@ def upgrade(engine: sa.Engine, prefix: str = "", schema: str | None = None, *,
             time.sleep(0.2 * attempt)
 
 
-def current_revision(engine: sa.Engine, prefix: str = "", schema: str | None = None) -> Any:
+def current_revision(
+    engine: sa.Engine, prefix: str = "", schema: str | None = None
+) -> str | None:
     """The revision the database is at (None before the first upgrade)."""
     from alembic.runtime.migration import MigrationContext
 

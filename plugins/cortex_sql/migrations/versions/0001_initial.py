@@ -19,11 +19,6 @@ down_revision = None
 branch_labels = None
 depends_on = None
 
-TABLES = (
-    "events", "economy", "links", "messages", "experiments", "app_logs", "interactions",
-    "ingest_errors",
-)
-
 
 def _timestamp():
     return sa.DateTime(timezone=True)
@@ -159,5 +154,5 @@ def upgrade() -> None:
 def downgrade() -> None:
     """Drop every table (and with it the data)."""
     prefix, schema = migration_options()
-    for table in reversed(TABLES):
+    for table in reversed(list(_columns())):
         op.drop_table(prefix + table, schema=schema)
