@@ -128,6 +128,56 @@ def check_bundle_shape(body: Any, endpoint: str, max_events: int) -> tuple[dict,
     return body, events
 
 
+class _BundleRecords:
+    """Makes the records of one bundle, valid and rejected, and their dedupe keys."""
+
+    def __init__(self, bundle: dict, endpoint: str, owner: KeyOwner, timing: Timing):
+        self.endpoint = endpoint
+        self.owner = owner
+        self.timing = timing
+        self.bundle_fields = {k: v for k, v in bundle.items() if k != "events"}
+        self.device_tag = bundle.get("device_tag")
+        self.base = {
+            "org": owner.org,
+            "app": owner.app,
+            "app_id": owner.app_id,
+            "kind": endpoint,
+            "received_at": timing.received_text,
+        }
+        self.outcome = Outcome()
+        self._occurrences: dict[bytes, int] = {}
+
+    def content_key(self, event: Any) -> bytes:
+        """The key of an event without ``event_index``: its content and its occurrence."""
+        first = content_key(self.owner.app_id, self.device_tag, event, 0)
+        seen = self._occurrences.get(first, 0)
+        self._occurrences[first] = seen + 1
+        return first if seen == 0 else content_key(self.owner.app_id, self.device_tag, event, seen)
+
+    def accept(self, record: dict, key: bytes) -> None:
+        """Add a valid record."""
+        record["id"] = key.hex()
+        self.outcome.accepted.append((key, record))
+
+    def reject(self, position: int, event: Any, reasons: dict[str, list[str]]) -> None:
+        """Add an invalid event, kept with its reasons for the ingest error log."""
+        key = dedupe_key("rejected", self.endpoint, self.content_key(event).hex())
+        event_type = event.get("type") if isinstance(event, dict) else None
+        record = {
+            **self.base,
+            "id": key.hex(),
+            "kind": "rejected",
+            "type": event_type if type(event_type) is str else None,
+            "endpoint": self.endpoint,
+            "position": position,
+            "reasons": reasons,
+            "payload": event,
+            "bundle": {k: v for k, v in self.bundle_fields.items() if k != "api_key"},
+            "current_time": self.timing.current_time,
+        }
+        self.outcome.rejected.append((key, record))
+
+
 def build_records(
     bundle: dict,
     events: list,
@@ -141,54 +191,39 @@ def build_records(
     Raises :class:`BundleError` when the bundle's own fields are invalid (every event then
     shares the defect).
     """
-    bundle_fields = {k: v for k, v in bundle.items() if k != "events"}
-    bundle_values, bundle_extra, bundle_warnings, bundle_errors = BUNDLE.load(bundle_fields)
+    records = _BundleRecords(bundle, endpoint, owner, timing)
+    bundle_values, bundle_extra, bundle_warnings, bundle_errors = BUNDLE.load(records.bundle_fields)
     if endpoint == "app_log":
         # log-line fields sent at bundle level belong to the line, not the bundle
         for key in LOG_LINE.fields:
             bundle_extra.pop(key, None)
     if bundle_errors:
-        raise BundleError(
-            "the bundle's fields are invalid: " + _summary(bundle_errors), bundle_errors
-        )
+        raise BundleError("the bundle's fields are invalid: " + _summary(bundle_errors), bundle_errors)
     del bundle_values["api_key"]
-    bundle_warnings = timing.warnings + bundle_warnings
-    device_tag = bundle_values.get("device_tag")
-    if endpoint == "track" and not device_tag:
+    if endpoint == "track" and not bundle_values.get("device_tag"):
         raise BundleError(
             "the bundle has no device_tag (required by the ingest API)",
             {"device_tag": ["Missing data for required field."]},
         )
-    base = {
-        "org": owner.org,
-        "app": owner.app,
-        "app_id": owner.app_id,
-        "kind": endpoint,
-        "received_at": timing.received_text,
-    }
-    rejected_base = {**base, "current_time": timing.current_time}
-    outcome = Outcome()
-    occurrences: dict[bytes, int] = {}
+    bundle_warnings = timing.warnings + bundle_warnings
+    shared = {**records.base, **bundle_values}
     for position, event in enumerate(events):
         if not isinstance(event, dict):
-            reasons = {"_event": ["Each event must be a JSON object."]}
-            _reject(outcome, rejected_base, bundle_fields, event, reasons, position, endpoint, owner, device_tag, occurrences)
+            records.reject(position, event, {"_event": ["Each event must be a JSON object."]})
             continue
         if endpoint == "app_log":
-            schema = LOG_LINE
-            event_type = "log"
+            schema, event_type = LOG_LINE, "log"
         else:
             event_type = event.get("type")
             schema = EVENTS.get(event_type) if type(event_type) is str else None
             if schema is None:
-                reasons = {"type": [UNKNOWN_TYPE.format(event_type)]}
-                _reject(outcome, rejected_base, bundle_fields, event, reasons, position, endpoint, owner, device_tag, occurrences)
+                records.reject(position, event, {"type": [UNKNOWN_TYPE.format(event_type)]})
                 continue
         values, extra, warnings, errors = schema.load(event)
         if errors:
-            _reject(outcome, rejected_base, bundle_fields, event, errors, position, endpoint, owner, device_tag, occurrences)
+            records.reject(position, event, errors)
             continue
-        record = {**base, **bundle_values, **values}
+        record = {**shared, **values}
         record["type"] = event_type
         event_datetime = values.get("event_datetime")
         if event_datetime is None:  # optional on log lines
@@ -203,51 +238,21 @@ def build_records(
             record["warnings"] = warnings
         record["context"] = context
         if "event_index" in values:
-            key = dedupe_key(owner.app_id, device_tag, values["event_index"], event_type, event_datetime)
+            key = dedupe_key(owner.app_id, records.device_tag, values["event_index"], event_type, event_datetime)
         else:
-            key = _occurrence_key(owner.app_id, device_tag, event, occurrences)
-        record["id"] = key.hex()
-        outcome.accepted.append((key, record))
-    return outcome
-
-
-def _occurrence_key(app_id: int, device_tag: Any, event: Any, occurrences: dict) -> bytes:
-    first = content_key(app_id, device_tag, event, 0)
-    seen = occurrences.get(first, 0)
-    occurrences[first] = seen + 1
-    return first if seen == 0 else content_key(app_id, device_tag, event, seen)
-
-
-def _reject(outcome, base, bundle_fields, event, reasons, position, endpoint, owner, device_tag, occurrences):
-    key = dedupe_key("rejected", endpoint, _occurrence_key(owner.app_id, device_tag, event, occurrences).hex())
-    record = {
-        **{k: v for k, v in base.items() if k != "current_time"},
-        "id": key.hex(),
-        "kind": "rejected",
-        "type": event.get("type") if isinstance(event, dict) and type(event.get("type")) is str else None,
-        "endpoint": endpoint,
-        "position": position,
-        "reasons": reasons,
-        "payload": event,
-        "bundle": {k: v for k, v in bundle_fields.items() if k != "api_key"},
-        "current_time": base.get("current_time"),
-    }
-    outcome.rejected.append((key, record))
+            key = records.content_key(event)
+        records.accept(record, key)
+    return records.outcome
 
 
 def reject_all(
     bundle: dict, events: list, endpoint: str, owner: KeyOwner, timing: Timing, reasons: dict
 ) -> Outcome:
     """Every event of a bundle as rejected with the same reasons (bundle defect, strict mode)."""
-    base = {"org": owner.org, "app": owner.app, "app_id": owner.app_id, "kind": endpoint,
-            "received_at": timing.received_text, "current_time": timing.current_time}
-    bundle_fields = {k: v for k, v in bundle.items() if k != "events"}
-    outcome = Outcome()
-    occurrences: dict = {}
-    device_tag = bundle.get("device_tag")
+    records = _BundleRecords(bundle, endpoint, owner, timing)
     for position, event in enumerate(events):
-        _reject(outcome, base, bundle_fields, event, reasons, position, endpoint, owner, device_tag, occurrences)
-    return outcome
+        records.reject(position, event, reasons)
+    return records.outcome
 
 
 def _summary(errors: dict[str, list[str]]) -> str:
