@@ -179,11 +179,13 @@ class SQLiteQueue:
                 return self._result(submission, state)
             self._committing = True
             group, self._pending = self._pending, []
-        error = None
+        error: BaseException | None = None
         try:
             self._commit_group(group)
         except sqlite3.Error as exc:
             error = QueueUnavailable(f"the queue cannot accept events now: {exc}")
+        except BaseException as exc:  # every member of the group must learn of the failure
+            error = exc
         finally:
             with self._cond:
                 for _, member_state in group:

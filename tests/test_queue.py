@@ -1,0 +1,59 @@
+"""The durable queue: group commit across threads, dedupe, and what happens when it is full."""
+
+from __future__ import annotations
+
+import threading
+
+from conftest import iso
+from cortex.queue import SQLiteQueue, Submission
+
+
+def keyed(prefix: str, count: int) -> list[tuple[bytes, dict]]:
+    return [(f"{prefix}-{i}".encode().ljust(16, b"."), {"id": f"{prefix}{i}", "received_at": "t"}) for i in range(count)]
+
+
+def test_concurrent_submissions_are_grouped_and_counted_exactly(tmp_path):
+    queue = SQLiteQueue(str(tmp_path / "q.db"), durability="fsync")
+    queue.create_schema()
+    results = []
+    lock = threading.Lock()
+
+    def submit(number: int) -> None:
+        # every thread sends 10 events of its own and the same 5 shared ones
+        submission = queue.submit(Submission("org", 1, keyed(f"t{number}", 10) + keyed("shared", 5), []))
+        with lock:
+            results.append((submission.accepted_count, submission.duplicate_count))
+
+    threads = [threading.Thread(target=submit, args=(n,)) for n in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(a for a, _ in results) == 16 * 10 + 5
+    assert sum(d for _, d in results) == 15 * 5
+    assert queue.depth()["records"] == 165
+    assert queue.counters() == {"org": {"accepted": 165, "duplicate": 75, "rejected": 0}}
+
+
+def test_a_full_disk_answers_503_with_retry_after_and_recovers(cortex):
+    writer = cortex.state.queue.writer
+    pages = writer.execute("PRAGMA page_count").fetchone()[0]
+    writer.execute(f"PRAGMA max_page_count = {pages}")
+    events = [{"type": "event", "event_datetime": iso(), "event_index": i, "kingdom": "x" * 30} for i in range(100)]
+    response = cortex.post(cortex.bundle(events))
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "5"
+    assert response.headers["Access-Control-Allow-Origin"] == "*"
+    writer.execute("PRAGMA max_page_count = 1073741823")
+    assert cortex.post(cortex.bundle(events)).status_code == 200
+    assert cortex.state.queue.depth()["records"] == 100
+
+
+def test_dedupe_window_forgets_old_keys(cortex):
+    queue = cortex.state.queue
+    bundle = cortex.bundle([{"type": "dau", "event_datetime": iso()}])
+    assert cortex.post(bundle).status_code == 200
+    queue.reader.execute("UPDATE dedupe SET seen = seen - 8 * 86400")
+    assert queue.prune_dedupe(7 * 86400) == 1
+    assert cortex.post(bundle).status_code == 200
+    assert queue.counters()["demo"]["accepted"] == 2
