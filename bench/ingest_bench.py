@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -35,9 +36,11 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -54,6 +57,9 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 # targets (printed with PASS/FAIL; they do not change the exit status)
 TARGET_EVENTS_RATIO_100 = 0.4   # Cortex events/s >= 0.4 x the floor at 100-event bundles
 TARGET_REQUESTS_RATIO_1 = 0.7   # Cortex requests/s >= 0.7 x the floor at 1-event bundles
+
+#: CPU used by other processes during a load (in % of one CPU) beyond which a case is flagged
+NOISY_PERCENT = 15.0
 
 
 class BenchError(Exception):
@@ -138,7 +144,8 @@ def _group_exists(pgid: int) -> bool:
         return False
 
 
-def _raise_on_sigterm(signum, frame):
+def _raise_on_signal(signum, frame):
+    """Turn SIGINT, SIGTERM and SIGHUP into KeyboardInterrupt, so ``finally`` cleans up."""
     raise KeyboardInterrupt(f"signal {signum}")
 
 
@@ -148,6 +155,15 @@ def child_env() -> dict[str, str]:
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+#: ``CORTEX_*`` variables given with ``--cortex-env`` (experiments); only Cortex gets them
+CORTEX_OVERRIDES: dict[str, str] = {}
+
+
+def cortex_env() -> dict[str, str]:
+    """The environment for Cortex's processes: :func:`child_env` plus ``--cortex-env``."""
+    return {**child_env(), **CORTEX_OVERRIDES}
 
 
 def free_port() -> int:
@@ -200,8 +216,26 @@ def cpu_seconds(pid: int) -> float:
         return 0.0
 
 
+def host_busy_seconds() -> float:
+    """CPU seconds the whole host has been busy (all CPUs, ``/proc/stat``)."""
+    with open("/proc/stat") as handle:
+        values = [int(v) for v in handle.readline().split()[1:]]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+    busy = sum(values[:8]) - idle  # guest time is already in user
+    return busy / CLOCK_TICKS
+
+
+def own_cpu_seconds() -> float:
+    """CPU seconds of this process and of its children reaped so far (the load generator)."""
+    me, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
+
+
 class Sampler:
-    """Samples, while a load runs, the workers' RSS and (for Cortex) the queue backlog."""
+    """Samples, while a load runs, the workers' RSS and (for Cortex) the queue backlog, and
+    accounts for the CPU time used: by the workers, by the benchmark and its load generator,
+    and by everything else on the host (interference from other processes).
+    """
 
     def __init__(self, master_pid: int, queue_db: Path | None, interval: float = 0.5):
         self.master_pid = master_pid
@@ -211,6 +245,7 @@ class Sampler:
         self.rss_max = 0.0
         self.workers = 0
         self.peak_backlog = 0
+        self.others_percent = 0.0
         self.cpu_start: dict[int, float] = {}
         self.cpu_end: dict[int, float] = {}
         self._stop = threading.Event()
@@ -218,6 +253,10 @@ class Sampler:
 
     def __enter__(self) -> "Sampler":
         self.cpu_start = {pid: cpu_seconds(pid) for pid in worker_pids(self.master_pid)}
+        self._master_start = cpu_seconds(self.master_pid)
+        self._own_start = own_cpu_seconds()
+        self._host_start = host_busy_seconds()
+        self._wall_start = time.monotonic()
         self._thread.start()
         return self
 
@@ -225,6 +264,12 @@ class Sampler:
         self._stop.set()
         self._thread.join()
         self.cpu_end = {pid: cpu_seconds(pid) for pid in worker_pids(self.master_pid)}
+        wall = time.monotonic() - self._wall_start
+        ours = (self.cpu_used + cpu_seconds(self.master_pid) - self._master_start
+                + own_cpu_seconds() - self._own_start)
+        others = host_busy_seconds() - self._host_start - ours
+        #: CPU used by processes outside the benchmark, in % of one CPU (interference)
+        self.others_percent = max(0.0, others / wall * 100) if wall > 0 else 0.0
 
     @property
     def cpu_used(self) -> float:
@@ -275,7 +320,7 @@ def cortex_cli(data_dir: Path, *args: str, timeout: float = 60) -> str:
     cortex = Path(sys.executable).parent / "cortex"
     result = subprocess.run(
         [str(cortex), "--data-dir", str(data_dir), *args], capture_output=True, text=True,
-        env=child_env(), cwd=ROOT, timeout=timeout,
+        env=cortex_env(), cwd=ROOT, timeout=timeout,
     )
     if result.returncode != 0:
         raise BenchError(f"cortex {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}")
@@ -293,7 +338,12 @@ def accepted_events(status: dict) -> int:
 
 
 def sink_rows(events_db: Path) -> dict[str, int]:
-    """Rows per table of the SQL sink, without ``ingest_errors`` and bookkeeping tables."""
+    """Rows per table of the SQL sink, without ``ingest_errors`` and bookkeeping tables.
+
+    Empty when the database does not exist (the sink never opened).
+    """
+    if not events_db.exists():
+        return {}
     conn = sqlite3.connect(f"file:{events_db}?mode=ro", uri=True, timeout=10)
     try:
         tables = [
@@ -351,7 +401,7 @@ def start_cortex(workdir: Path, label: str) -> Server:
     process = Managed(
         f"cortex serve ({label})",
         [cortex, "--data-dir", data_dir, "serve", "--bind", f"{HOST}:{port}"],
-        workdir / f"cortex-{label}.log", child_env(),
+        workdir / f"cortex-{label}.log", cortex_env(),
     )
     server = Server("cortex", process, port, key, data_dir)
     wait_ready(server)
@@ -386,8 +436,6 @@ def post_bundle(server: Server, body: bytes, timeout: float = 10.0) -> int:
 
 def iso_now() -> str:
     """Now, as the ``current_time`` query value."""
-    from datetime import datetime, timezone
-
     return iso(datetime.now(timezone.utc))
 
 
@@ -519,6 +567,7 @@ class Case:
     rss_sum_mib: float = 0.0
     rss_max_mib: float = 0.0
     cpu_ms_per_request: float = 0.0
+    others_cpu_percent: float = 0.0      # CPU of processes outside the benchmark (% of one CPU)
     # Cortex only
     accepted: int | None = None          # events accepted during the measured load
     peak_backlog: int | None = None      # most records waiting for the sql sink during the load
@@ -530,10 +579,18 @@ class Case:
     answered_events: int | None = None   # events answered 200 (probe + warm-up + measured)
     accepted_total: int | None = None    # Cortex's accepted counter at the end (all phases)
     pending_after: int | None = None     # cortex status --json: pending for sql at the end
+    duplicates: int | None = None        # events Cortex counted as duplicates (should be 0)
+    rejected: int | None = None          # events Cortex rejected as invalid (should be 0)
 
     @property
     def all_200(self) -> bool:
+        """Every measured request was answered 200, without socket errors."""
         return self.non_200 == 0 and self.socket_errors == 0 and self.ok > 0
+
+    @property
+    def all_fresh(self) -> bool:
+        """No event was taken for a duplicate or rejected (the bundles are unique and valid)."""
+        return not self.duplicates and not self.rejected
 
     @property
     def rows_land(self) -> bool:
@@ -591,7 +648,11 @@ def run_case(kind: str, size: int, args) -> Case:
         case.p50_ms, case.p99_ms = load.p50_ms, load.p99_ms
         case.workers, case.rss_sum_mib, case.rss_max_mib = sampler.workers, sampler.rss_sum, sampler.rss_max
         case.cpu_ms_per_request = sampler.cpu_used * 1000 / load.requests if load.requests else 0.0
+        case.others_cpu_percent = sampler.others_percent
         print(f"   load: {load.requests} requests in {load.duration:.1f}s, {load.ok} answered 200", flush=True)
+        if case.others_cpu_percent > NOISY_PERCENT:
+            print(f"   warning: other processes used {case.others_cpu_percent:.0f}% of a CPU during the load; "
+                  "the numbers of this case are disturbed", flush=True)
 
         if kind == "cortex":
             drained, waited = wait_drained(server.queue_db, args.drain_timeout)
@@ -601,6 +662,8 @@ def run_case(kind: str, size: int, args) -> Case:
             status = cortex_status(server.data_dir)
             case.pending_after = status["sinks"]["sql"]["pending"]
             case.accepted_total = accepted_events(status)
+            counts = status["orgs"].get(ORG, {})
+            case.duplicates, case.rejected = counts.get("duplicate", 0), counts.get("rejected", 0)
             case.accepted = case.accepted_total - accepted_before
             case.delivery_rate = case.accepted / (load.duration + case.drain_s)
             case.answered_events = answered
@@ -631,8 +694,11 @@ def report(cases: list[Case], args) -> dict:
     from cortex.config import DEFAULTS
 
     server = DEFAULTS["server"]
-    generator = "wrk + bench/ingest.lua" if args.generator == "wrk" else \
-        "Python fallback (bench/pyload.py; wrk not found: numbers are bounded by the generator)"
+    generator = "wrk + bench/ingest.lua" if args.generator == "wrk" else (
+        "Python fallback (bench/pyload.py" + ("; wrk not found" if args.wrk_missing else "")
+        + "): the numbers are bounded by the generator")
+    if CORTEX_OVERRIDES:
+        print("\nCortex configuration overrides: " + ", ".join(f"{k}={v}" for k, v in CORTEX_OVERRIDES.items()))
     print(f"\nLoad: {generator}; {args.connections} connections, {args.duration}s per case after "
           f"{args.warmup}s warm-up.  gunicorn: {server['workers']} workers x {server['threads']} "
           f"thread(s), {server['worker_class']} workers.  Host: {os.cpu_count()} CPUs.\n")
@@ -640,10 +706,11 @@ def report(cases: list[Case], args) -> dict:
     print("Throughput and latency")
     _table(
         ["server", "events/bundle", "req/s", "events/s", "p50 ms", "p99 ms", "non-200",
-         "RSS sum MiB", "RSS max MiB", "CPU ms/req"],
+         "RSS sum MiB", "RSS max MiB", "CPU ms/req", "others %"],
         [[c.server, str(c.size), f"{c.requests_per_s:,.0f}", f"{c.events_per_s:,.0f}", f"{c.p50_ms:.1f}",
           f"{c.p99_ms:.1f}", str(c.non_200 + c.socket_errors), f"{c.rss_sum_mib:.1f}",
-          f"{c.rss_max_mib:.1f}", f"{c.cpu_ms_per_request:.2f}"] for c in cases],
+          f"{c.rss_max_mib:.1f}", f"{c.cpu_ms_per_request:.2f}",
+          f"{c.others_cpu_percent:.0f}" + ("!" if c.others_cpu_percent > NOISY_PERCENT else "")] for c in cases],
     )
 
     by_key = {(c.server, c.size): c for c in cases}
@@ -665,10 +732,10 @@ def report(cases: list[Case], args) -> dict:
     if cortex_cases:
         print("\nCortex correctness and delivery (dispatcher -> SQL sink on SQLite)")
         _table(
-            ["events/bundle", "all 200", "accepted", "peak backlog", "drain s", "delivery ev/s",
+            ["events/bundle", "all 200", "dup/rej", "accepted", "peak backlog", "drain s", "delivery ev/s",
              "rows", "answered 200", "accepted total", "pending", "rows land"],
             [[str(c.size), "yes" if c.all_200 else f"NO ({c.non_200} non-200 {c.statuses}, {c.socket_errors} socket errors)",
-              str(c.accepted), str(c.peak_backlog), f"{c.drain_s:.2f}" + ("" if c.drained else " (timeout)"),
+              f"{c.duplicates}/{c.rejected}", str(c.accepted), str(c.peak_backlog), f"{c.drain_s:.2f}" + ("" if c.drained else " (timeout)"),
               f"{c.delivery_rate:,.0f}", str(c.rows), str(c.answered_events), str(c.accepted_total),
               str(c.pending_after), "yes" if c.rows_land else "NO"] for c in cortex_cases],
         )
@@ -681,8 +748,10 @@ def report(cases: list[Case], args) -> dict:
         rq = ratios[1][1]
         targets["1-event bundles: Cortex req/s >= 0.7 x floor"] = (rq >= TARGET_REQUESTS_RATIO_1, f"{rq:.2f} x")
     for c in cortex_cases:
-        targets[f"{c.size}-event bundles: every request answered 200"] = (
-            c.all_200, f"{c.ok}/{c.requests}" + (f", socket errors {c.socket_errors}" if c.socket_errors else ""))
+        targets[f"{c.size}-event bundles: every request answered 200, no duplicate or rejected event"] = (
+            c.all_200 and c.all_fresh, f"{c.ok}/{c.requests}"
+            + (f", socket errors {c.socket_errors}" if c.socket_errors else "")
+            + (f", {c.duplicates} duplicates, {c.rejected} rejected" if not c.all_fresh else ""))
         keeps_up = bool(c.drained) and c.drain_s is not None and c.drain_s <= args.max_drain and c.rows_land
         targets[f"{c.size}-event bundles: dispatcher keeps up (drain <= {args.max_drain:g}s, all rows land)"] = (
             keeps_up, f"drain {c.drain_s:.2f}s, rows {c.rows}/{c.accepted_total} accepted")
@@ -709,6 +778,10 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument("--max-drain", type=float, default=2.0, help="drain time that still counts as keeping up (s)")
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="py-spy record the Cortex workers during the measured load into DIR")
+    parser.add_argument("--cortex-env", action="append", default=[], metavar="CORTEX_X__Y=VALUE",
+                        help="run Cortex with this configuration variable (repeatable; for experiments, "
+                             "e.g. CORTEX_QUEUE__DURABILITY=fsync; [server] settings are refused because "
+                             "the floor must run with the same ones)")
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, databases)")
     args = parser.parse_args(argv)
@@ -720,8 +793,16 @@ def parse_args(argv: list[str] | None = None):
         parser.error("bundle sizes must be between 1 and 100 (the Data Cortex limit)")
     if args.duration < 1 or args.connections < 1:
         parser.error("--duration and --connections must be at least 1")
+    for item in args.cortex_env:
+        name, sep, value = item.partition("=")
+        if not sep or not name.startswith("CORTEX_"):
+            parser.error(f"--cortex-env takes CORTEX_NAME=VALUE, not {item!r}")
+        if name.startswith("CORTEX_SERVER__") or name in ("CORTEX_CONFIG", "CORTEX_DATA_DIR"):
+            parser.error(f"--cortex-env {name} would make Cortex differ from the floor or the benchmark's setup")
+        CORTEX_OVERRIDES[name] = value
     args.threads = max(1, min(args.threads, args.connections))
     args.wrk = shutil.which("wrk")
+    args.wrk_missing = args.wrk is None
     if args.generator == "auto":
         args.generator = "wrk" if args.wrk else "python"
     elif args.generator == "wrk" and not args.wrk:
@@ -732,9 +813,12 @@ def parse_args(argv: list[str] | None = None):
 def main(argv: list[str] | None = None) -> int:
     """Run every case, print the report; 0 unless the benchmark itself broke."""
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _raise_on_sigterm)
+    # Ctrl-C, kill and a closed terminal all end in the same cleanup (also when the shell
+    # started the benchmark in the background with SIGINT ignored)
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _raise_on_signal)
     args.workdir = Path(tempfile.mkdtemp(prefix="cortex-bench-"))
-    if args.generator == "python":
+    if args.generator == "python" and args.wrk_missing:
         print("note: wrk not found; using the Python load generator in a separate process "
               "(bench/pyload.py), which limits the request rate", flush=True)
     print(f"work directory: {args.workdir}", flush=True)
@@ -749,6 +833,10 @@ def main(argv: list[str] | None = None) -> int:
         failed = True
     except BenchError as error:
         print(f"\nbenchmark failed: {error}", file=sys.stderr)
+        failed = True
+    except Exception:
+        traceback.print_exc()
+        print("\nbenchmark failed (see the traceback above)", file=sys.stderr)
         failed = True
     finally:
         Managed.stop_all()

@@ -65,6 +65,9 @@ class SinkContext:
 
     data_dir: Path
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("cortex.sink"))
+    #: the queue's promise, which a sink's own commits should match: "os" (a 200 survives
+    #: kill -9; no fsync needed) or "fsync" (a 200 survives power loss)
+    durability: str = "os"
 
 
 class Sink:

@@ -36,7 +36,11 @@ class CortexState:
 
     def sink_context(self, kind: str, name: str) -> SinkContext:
         """The context handed to a sink or enricher instance."""
-        return SinkContext(data_dir=self.data_dir, logger=logging.getLogger(f"cortex.{kind}.{name}"))
+        return SinkContext(
+            data_dir=self.data_dir,
+            logger=logging.getLogger(f"cortex.{kind}.{name}"),
+            durability=self.config["queue"]["durability"],
+        )
 
     def make_sinks(self) -> list[Sink]:
         """New, unopened instances of every configured sink."""

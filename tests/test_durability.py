@@ -107,12 +107,14 @@ def test_dispatcher_killed_mid_batch_loses_and_duplicates_nothing(make_cortex):
     progress = [0]
     for _ in range(3):
         worker = subprocess.Popen([sys.executable, "-m", "cortex", "worker"], env=env)
-        # kill it as soon as it has delivered something more: mid-way through its work
-        deadline = time.monotonic() + 30
-        while delivered() == progress[-1] and time.monotonic() < deadline:
-            time.sleep(0.01)
-        worker.send_signal(signal.SIGKILL)
-        worker.wait(10)
+        try:
+            # kill it as soon as it has delivered something more: mid-way through its work
+            deadline = time.monotonic() + 30
+            while delivered() == progress[-1] and time.monotonic() < deadline:
+                time.sleep(0.01)
+        finally:
+            worker.send_signal(signal.SIGKILL)
+            worker.wait(10)
         progress.append(delivered())
     assert all(0 < delivered < total for delivered in progress[1:]), progress
     subprocess.run([sys.executable, "-m", "cortex", "worker", "--once"], env=env, check=True, timeout=300)
