@@ -64,6 +64,8 @@ DEFAULTS: dict[str, Any] = {
         "embedded": True,
         "batch_size": 1000,
         "poll_interval": 0.2,
+        # when a batch comes out small, wait this long so the next one can fill up
+        "batch_wait": 0.05,
         "retry_initial": 0.5,
         "retry_max": 60.0,
     },

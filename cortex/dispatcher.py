@@ -44,6 +44,7 @@ class SinkRunner:
         settings = state.config["dispatcher"]
         self.batch_size = settings["batch_size"]
         self.poll_interval = settings["poll_interval"]
+        self.batch_wait = settings["batch_wait"]
         self.retry_initial = settings["retry_initial"]
         self.retry_max = settings["retry_max"]
         self.opened = False
@@ -76,26 +77,30 @@ class SinkRunner:
         try:
             self.open()
             while not self.stop.is_set():
-                if not self.step():
+                delivered = self.step()
+                if delivered == 0:
                     self.stop.wait(self.poll_interval)
+                elif delivered < self.batch_size // 2:
+                    # a short wait lets the next batch fill up: fewer, larger sink writes
+                    self.stop.wait(self.batch_wait)
         except Stopped:
             pass
         finally:
             self.close()
 
-    def step(self) -> bool:
-        """Deliver one batch; False when there was nothing to deliver."""
+    def step(self) -> int:
+        """Deliver one batch; returns how many records it held (0: nothing to deliver)."""
         cursor = self.queue.cursor(self.sink.name)
         entries = self.queue.read(cursor, self.batch_size)
         if not entries:
-            return False
+            return 0
         records = [record for entry in entries for record in entry.records]
         self.enrich(records)
         for record in records:
             record.pop("context", None)
         delivered = self.deliver(records)
         self.queue.advance(self.sink.name, entries[-1].seq, delivered)
-        return True
+        return len(records)
 
     def enrich(self, records: list[dict[str, Any]]) -> None:
         """Run the enrichers in order; one that raises is logged and skipped for this batch."""
@@ -204,9 +209,14 @@ class Dispatcher:
         queue.prune_dedupe(window)
 
     def _housekeeping(self) -> None:
-        while not self.stop.wait(5.0):
+        ticks = 0
+        while not self.stop.wait(1.0):
+            ticks += 1
             try:
-                self.housekeep()
+                # checkpoints here keep them out of the requests' commits
+                self.state.queue.checkpoint()
+                if ticks % 5 == 0:
+                    self.housekeep()
             except Exception:
                 log.exception("queue housekeeping failed; will try again")
 

@@ -10,18 +10,33 @@ before the request returns, which survives ``kill -9`` of any process; with ``"f
 commit is also fsynced, which survives power loss.  Commits are grouped: while one thread of
 a process commits, the others queue up behind it and the next commit takes them all, so one
 fsync serves many requests.
+
+Writers of all processes queue on an exclusive ``flock`` of ``<queue>.lock`` before they
+open a write transaction: a waiting process wakes the moment the lock is free, where
+SQLite's own busy handler would sleep for milliseconds.  WAL checkpoints are left to the
+dispatcher's housekeeping (``checkpoint()``), so requests do not pay for them.
+
+An entry stores what its records share (org, app, bundle fields, request context) once,
+and each record only its own fields; :meth:`SQLiteQueue.read` gives whole records back.
 """
+
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
 import orjson
+
+#: pages the WAL may grow to before a writer checkpoints it itself (the dispatcher normally
+#: does it first); bounds the WAL when no dispatcher runs
+WAL_AUTOCHECKPOINT_PAGES = 16384
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
@@ -84,6 +99,8 @@ class Submission:
     app_id: int
     accepted: list[tuple[bytes, dict]]
     rejected: list[tuple[bytes, dict]]
+    #: fields every accepted record shares, stored once (see :func:`expand`)
+    shared: dict = field(default_factory=dict)
     accepted_count: int = 0
     duplicate_count: int = 0
     rejected_count: int = 0
@@ -108,6 +125,7 @@ class SQLiteQueue:
         self.busy_timeout = busy_timeout
         self._pid = None
         self._writer: sqlite3.Connection | None = None
+        self._lock_file = None
         self._local = threading.local()
         self._cond = threading.Condition()
         self._pending: list[tuple[Submission, dict]] = []
@@ -120,6 +138,7 @@ class SQLiteQueue:
         )
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={'FULL' if self.durability == 'fsync' else 'NORMAL'}")
+        conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
         return conn
 
     def _check_fork(self) -> None:
@@ -127,6 +146,7 @@ class SQLiteQueue:
         if self._pid != os.getpid():
             self._pid = os.getpid()
             self._writer = None
+            self._lock_file = None
             self._local = threading.local()
 
     @property
@@ -144,6 +164,24 @@ class SQLiteQueue:
         if conn is None:
             conn = self._local.conn = self._connect()
         return conn
+
+    @contextmanager
+    def write_lock(self):
+        """Hold the cross-process writer lock (see the module docstring)."""
+        self._check_fork()
+        if self._lock_file is None:
+            self._lock_file = open(self.path + ".lock", "a+")
+        fcntl.flock(self._lock_file, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+
+    def _write(self, sql: str, params: Any = (), many: bool = False) -> sqlite3.Cursor:
+        """One write statement on this thread's connection, under the writer lock."""
+        with self.write_lock():
+            conn = self.reader
+            return conn.executemany(sql, params) if many else conn.execute(sql, params)
 
     def create_schema(self) -> None:
         """Create the queue's tables (idempotent)."""
@@ -202,6 +240,10 @@ class SQLiteQueue:
         return submission
 
     def _commit_group(self, group: list[tuple[Submission, dict]]) -> None:
+        with self.write_lock():
+            self._commit_locked(group)
+
+    def _commit_locked(self, group: list[tuple[Submission, dict]]) -> None:
         conn = self.writer
         now = time.time()
         seen = int(now)
@@ -220,10 +262,8 @@ class SQLiteQueue:
                 )
                 submission.rejected_count = len(rejected)
                 if records or rejected:
-                    entries.append(
-                        (submission.org, submission.app_id, len(records) + len(rejected),
-                         orjson.dumps(records + rejected), now)
-                    )
+                    blob = orjson.dumps({"shared": submission.shared, "records": records, "rejected": rejected})
+                    entries.append((submission.org, submission.app_id, len(records) + len(rejected), blob, now))
                 error_rows.extend(
                     (submission.org, submission.app_id, r["id"], r["received_at"], orjson.dumps(r))
                     for r in rejected
@@ -284,7 +324,7 @@ class SQLiteQueue:
             (after_seq, max(1, max_records)),
         )
         for seq, org, app_id, count, blob in rows:
-            records = orjson.loads(blob)
+            records = expand(orjson.loads(blob))
             for record in records:
                 record["seq"] = seq
             entries.append(Entry(seq, org, app_id, records))
@@ -306,7 +346,7 @@ class SQLiteQueue:
             return row[0]
         oldest = conn.execute("SELECT min(seq) FROM entries").fetchone()[0]
         start = (oldest - 1) if oldest is not None else self.head()
-        conn.execute(
+        self._write(
             "INSERT OR IGNORE INTO cursors (sink, seq, delivered, updated_at) VALUES (?,?,0,?)",
             (sink, start, time.time()),
         )
@@ -314,7 +354,7 @@ class SQLiteQueue:
 
     def advance(self, sink: str, seq: int, delivered: int) -> None:
         """Move ``sink``'s cursor to ``seq`` after it stored ``delivered`` records."""
-        self.reader.execute(
+        self._write(
             "UPDATE cursors SET seq = ?, delivered = delivered + ?, updated_at = ? WHERE sink = ?",
             (seq, delivered, time.time(), sink),
         )
@@ -323,9 +363,10 @@ class SQLiteQueue:
         """Keep records a sink refused for good, with the reason; returns how many."""
         now = time.time()
         rows = [(sink, r.get("seq", 0), r.get("id", ""), orjson.dumps(r), error, now) for r in records]
-        self.reader.executemany(
+        self._write(
             "INSERT INTO dead_letters (sink, seq, record_id, record, error, failed_at) VALUES (?,?,?,?,?,?)",
             rows,
+            many=True,
         )
         return len(rows)
 
@@ -349,9 +390,7 @@ class SQLiteQueue:
 
     def mark_dead_letters_replayed(self, ids: list[int]) -> None:
         """Record that these dead letters were delivered by ``cortex replay``."""
-        self.reader.executemany(
-            "UPDATE dead_letters SET replayed_at = ? WHERE id = ?", [(time.time(), i) for i in ids]
-        )
+        self._write("UPDATE dead_letters SET replayed_at = ? WHERE id = ?", [(time.time(), i) for i in ids], many=True)
 
     def ingest_errors(self, org: str | None = None, include_replayed: bool = False, limit: int = 1000) -> list[dict]:
         """Rows of the ingest error log (invalid events with their reasons), oldest first."""
@@ -373,9 +412,7 @@ class SQLiteQueue:
 
     def mark_errors_replayed(self, ids: list[int]) -> None:
         """Record that these error-log rows were accepted on replay."""
-        self.reader.executemany(
-            "UPDATE ingest_errors SET replayed_at = ? WHERE id = ?", [(time.time(), i) for i in ids]
-        )
+        self._write("UPDATE ingest_errors SET replayed_at = ? WHERE id = ?", [(time.time(), i) for i in ids], many=True)
 
     # housekeeping --------------------------------------------------------------------------
     def prune(self, sinks: list[str], batch: int = 5000) -> int:
@@ -385,24 +422,26 @@ class SQLiteQueue:
         conn = self.reader
         marks = [self.cursor(sink) for sink in sinks]
         floor = min(marks)
-        cur = conn.execute(
+        cur = self._write(
             "DELETE FROM entries WHERE seq IN (SELECT seq FROM entries WHERE seq <= ? ORDER BY seq LIMIT ?)",
             (floor, batch),
         )
-        conn.execute(
-            "DELETE FROM cursors WHERE sink NOT IN (%s)" % ",".join("?" * len(sinks)), sinks
-        )
+        self._write("DELETE FROM cursors WHERE sink NOT IN (%s)" % ",".join("?" * len(sinks)), sinks)
         return cur.rowcount
 
     def prune_dedupe(self, window_seconds: float, batch: int = 20000) -> int:
         """Forget up to ``batch`` dedupe keys older than the window; returns how many."""
         cutoff = int(time.time() - window_seconds)
         # rowids grow with time, so the oldest keys are found first and the scan stops early
-        cur = self.reader.execute(
+        cur = self._write(
             "DELETE FROM dedupe WHERE rowid IN (SELECT rowid FROM dedupe WHERE seen < ? ORDER BY rowid LIMIT ?)",
             (cutoff, batch),
         )
         return cur.rowcount
+
+    def checkpoint(self) -> None:
+        """Copy the WAL back into the database without waiting for readers (housekeeping)."""
+        self.reader.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     # status --------------------------------------------------------------------------------
     def counters(self) -> dict[str, dict[str, int]]:
@@ -436,3 +475,24 @@ class SQLiteQueue:
     def iter_all(self) -> Iterator[Entry]:
         """Every entry still queued (for tests and tools)."""
         yield from self.read(0, 10**12)
+
+
+def expand(entry: Any) -> list[dict]:
+    """The whole records of a stored entry: shared fields merged into each accepted record
+    (the record's own values win; ``warnings`` and ``extra`` are combined), then the
+    rejected records as they are."""
+    if isinstance(entry, list):  # entries written before records shared their fields
+        return entry
+    shared = entry["shared"]
+    shared_warnings = shared.get("warnings")
+    shared_extra = shared.get("extra")
+    records = []
+    for own in entry["records"]:
+        record = {**shared, **own}
+        if shared_warnings and "warnings" in own:
+            record["warnings"] = shared_warnings + own["warnings"]
+        if shared_extra and "extra" in own:
+            record["extra"] = {**shared_extra, **own["extra"]}
+        records.append(record)
+    records.extend(entry["rejected"])
+    return records

@@ -144,8 +144,14 @@ def parse_timestamp(value: str) -> datetime:
 
 
 def format_timestamp(moment: datetime) -> str:
-    """The canonical record form of a datetime: ISO 8601 UTC with milliseconds and ``Z``."""
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    """The canonical record form of an aware UTC datetime: ISO 8601 with milliseconds and
+    ``Z``, e.g. ``2024-06-01T13:45:30.123Z`` (canonical strings sort as their times do)."""
+    return moment.replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
+
+
+def is_canonical(value: str) -> bool:
+    """True when ``value`` already has the canonical shape (most SDKs send exactly that)."""
+    return len(value) == 24 and value[23] == "Z" and value[10] == "T" and value[19] == "." and value[4] == "-"
 
 
 class Timestamp(Coercing):
@@ -154,6 +160,12 @@ class Timestamp(Coercing):
     def coerce(self, value, name, warnings):
         if type(value) is not str or len(value) > 64:
             raise ValidationError("Not a valid ISO 8601 date and time.")
+        if is_canonical(value):
+            try:
+                datetime.fromisoformat(value[:23])
+            except ValueError:
+                raise ValidationError("Not a valid ISO 8601 date and time.") from None
+            return value
         return format_timestamp(parse_timestamp(value))
 
 

@@ -31,10 +31,8 @@ MAX_REASONS_SHOWN = 5
 
 
 def text_response(status: int, message: str, **headers: str) -> Response:
-    """A plain-text answer, as the SDKs expect (``Content-Type: text/plain``)."""
-    response = Response(message.encode("utf-8"), status=status, headers=headers)
-    response.headers["Content-Type"] = "text/plain"
-    return response
+    """A plain-text answer, as the SDKs expect (exactly ``Content-Type: text/plain``)."""
+    return Response(message.encode("utf-8"), status=status, headers=headers, content_type="text/plain")
 
 
 @blueprint.route("/<org>/1/track", methods=["POST"])
@@ -94,7 +92,7 @@ def ingest(org: str, endpoint: str) -> Response:
     if not outcome.accepted:
         return _refuse(state, owner, outcome, "no valid event in the bundle: " + _describe(outcome))
     try:
-        state.queue.submit(Submission(owner.org, owner.app_id, outcome.accepted, outcome.rejected))
+        state.queue.submit(Submission(owner.org, owner.app_id, outcome.accepted, outcome.rejected, outcome.shared))
     except QueueUnavailable as error:
         current_app.logger.error("%s", error)
         return text_response(503, "Cortex cannot accept events right now; retry later", **{"Retry-After": "5"})
@@ -125,12 +123,18 @@ def _describe(outcome: Outcome) -> str:
 def add_cors_headers(response: Response) -> Response:
     """CORS on every ingest answer, errors and preflights included: without it browser SDKs
     cannot read the answer and resend the same events forever."""
-    if INGEST_PATH.match(request.path):
-        headers = response.headers
-        headers["Access-Control-Allow-Origin"] = "*"
-        headers["Access-Control-Allow-Methods"] = "POST, OPTIONS"
+    headers = response.headers
+    # errors raised before routing (404, 405) have no blueprint; their path tells
+    if request.blueprint == "ingest" or (request.url_rule is None and INGEST_PATH.match(request.path)):
+        headers.extend(CORS_HEADERS)
         requested = request.headers.get("Access-Control-Request-Headers")
         headers["Access-Control-Allow-Headers"] = requested or "Content-Type"
-        headers["Access-Control-Max-Age"] = "86400"
-    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    headers.setdefault("X-Content-Type-Options", "nosniff")
     return response
+
+
+CORS_HEADERS = (
+    ("Access-Control-Allow-Origin", "*"),
+    ("Access-Control-Allow-Methods", "POST, OPTIONS"),
+    ("Access-Control-Max-Age", "86400"),
+)
