@@ -22,10 +22,18 @@ def read_body(request: Request, max_bytes: int) -> bytes:
     Browser SDKs send ``text/plain`` on purpose and some clients send
     ``Transfer-Encoding: chunked`` without a length, so neither header decides anything.
     """
+    environ = request.environ
+    stream = environ["wsgi.input"]
     length = request.content_length
-    if length is not None and length > max_bytes:
-        raise BodyError(413, f"the body is {length} bytes; the limit is {max_bytes}")
-    data = request.stream.read(max_bytes + 1)
+    if length is not None:
+        if length > max_bytes:
+            raise BodyError(413, f"the body is {length} bytes; the limit is {max_bytes}")
+        return stream.read(length)
+    if not environ.get("wsgi.input_terminated"):
+        # no length, and a server that does not end the stream (gunicorn does): there is
+        # no body that could be read safely
+        return b""
+    data = stream.read(max_bytes + 1)
     if len(data) > max_bytes:
         raise BodyError(413, f"the body is larger than the limit of {max_bytes} bytes")
     return data

@@ -118,9 +118,11 @@ def day_bucket(timestamp: str | None) -> bytes:
 
 def dedupe_key(*parts: Any, day: str | None = None) -> bytes:
     """A 16-byte key: the day bucket of ``day`` and a 14-byte digest of the key material."""
-    material = "\x1f".join("" if p is None else str(p) for p in parts)
-    digest = hashlib.blake2b(material.encode("utf-8", "surrogatepass"), digest_size=14).digest()
-    return day_bucket(day) + digest
+    return day_bucket(day) + _digest("\x1f".join("" if p is None else str(p) for p in parts))
+
+
+def _digest(material: str) -> bytes:
+    return hashlib.blake2b(material.encode("utf-8", "surrogatepass"), digest_size=14).digest()
 
 
 def content_key(app_id: int, device_tag: Any, event: Any, occurrence: int, day: str | None = None) -> bytes:
@@ -273,10 +275,8 @@ def build_records(
         if warnings:
             record["warnings"] = warnings
         if "event_index" in values:
-            key = dedupe_key(
-                owner.app_id, records.device_tag, values["event_index"], event_type, event_datetime,
-                day=event_datetime,
-            )
+            material = f"{owner.app_id}\x1f{records.device_tag}\x1f{values['event_index']}\x1f{event_type}\x1f{event_datetime}"
+            key = day_bucket(event_datetime) + _digest(material)
         else:
             key = records.content_key(event, event_datetime)
         records.accept(record, key)

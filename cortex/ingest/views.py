@@ -35,6 +35,13 @@ def text_response(status: int, message: str, **headers: str) -> Response:
     return Response(message.encode("utf-8"), status=status, headers=headers, content_type="text/plain")
 
 
+def ok_response() -> Response:
+    """``200 text/plain OK`` with the CORS headers already set (the hot path's answer)."""
+    response = Response(b"OK", status=200, headers=OK_HEADERS)
+    response.cors_done = True
+    return response
+
+
 @blueprint.route("/<org>/1/track", methods=["POST"])
 def track(org: str) -> Response:
     """Accept a bundle of interaction events."""
@@ -96,7 +103,7 @@ def ingest(org: str, endpoint: str) -> Response:
     except QueueUnavailable as error:
         current_app.logger.error("%s", error)
         return text_response(503, "Cortex cannot accept events right now; retry later", **{"Retry-After": "5"})
-    return text_response(200, "OK")
+    return ok_response()
 
 
 def _refuse(state, owner, outcome: Outcome, message: str) -> Response:
@@ -123,6 +130,8 @@ def _describe(outcome: Outcome) -> str:
 def add_cors_headers(response: Response) -> Response:
     """CORS on every ingest answer, errors and preflights included: without it browser SDKs
     cannot read the answer and resend the same events forever."""
+    if getattr(response, "cors_done", False):
+        return response
     headers = response.headers
     # errors raised before routing (404, 405) have no blueprint; their path tells
     if request.blueprint == "ingest" or (request.url_rule is None and INGEST_PATH.match(request.path)):
@@ -138,3 +147,9 @@ CORS_HEADERS = (
     ("Access-Control-Allow-Methods", "POST, OPTIONS"),
     ("Access-Control-Max-Age", "86400"),
 )
+OK_HEADERS = [
+    ("Content-Type", "text/plain"),
+    *CORS_HEADERS,
+    ("Access-Control-Allow-Headers", "Content-Type"),
+    ("X-Content-Type-Options", "nosniff"),
+]

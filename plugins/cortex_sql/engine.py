@@ -4,6 +4,17 @@ SQLite gets WAL journal mode (readers never block the writer), a busy timeout (w
 for each other instead of failing) and ``BEGIN IMMEDIATE`` transactions: a transaction takes
 the write lock when it starts, so two writers queue on the busy timeout rather than
 deadlocking on a lock upgrade, and DDL runs inside the transaction like everything else.
+
+SQLite's ``synchronous`` setting follows the queue's durability (``SinkContext.durability``),
+so that the sink promises what the queue promises, no more and no less:
+
+- ``"os"``: ``synchronous = NORMAL``.  In WAL mode a commit is written to the WAL file
+  (into the operating system's page cache) without an fsync; the WAL is fsynced only at
+  checkpoints.  A committed batch survives ``kill -9`` of any process, as the queue's own
+  entries do; a power loss or operating-system crash can lose the last commits (the
+  database stays consistent), a risk the queue's ``"os"`` mode takes for its entries too.
+  It saves an fsync per committed batch.
+- ``"fsync"``: ``synchronous = FULL``: every commit fsyncs the WAL, and survives power loss.
 """
 
 from __future__ import annotations
@@ -16,7 +27,10 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy import event
 
-__all__ = ["create_engine", "dumps_json"]
+__all__ = ["SYNCHRONOUS", "create_engine", "dumps_json"]
+
+#: SQLite's ``synchronous`` setting for each queue durability (anything else: ``FULL``)
+SYNCHRONOUS = {"os": "NORMAL", "fsync": "FULL"}
 
 
 def dumps_json(value: Any) -> str:
@@ -27,7 +41,7 @@ def dumps_json(value: Any) -> str:
         return json.dumps(value, ensure_ascii=False, default=str)
 
 
-def _on_sqlite_connect(busy_timeout_ms: int):
+def _on_sqlite_connect(busy_timeout_ms: int, synchronous: str):
     def on_connect(dbapi_connection, connection_record) -> None:
         # Let SQLAlchemy's "begin" event, not pysqlite, decide where transactions start.
         dbapi_connection.isolation_level = None
@@ -35,6 +49,7 @@ def _on_sqlite_connect(busy_timeout_ms: int):
         try:
             cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
             cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute(f"PRAGMA synchronous = {synchronous}")
         finally:
             cursor.close()
 
@@ -46,9 +61,17 @@ def _on_sqlite_begin(connection: sa.Connection) -> None:
 
 
 def create_engine(
-    url: str | sa.URL, *, pool_size: int | None = None, busy_timeout_ms: int = 10_000
+    url: str | sa.URL,
+    *,
+    pool_size: int | None = None,
+    busy_timeout_ms: int = 10_000,
+    durability: str = "fsync",
 ) -> sa.Engine:
-    """An engine for ``url``; a SQLite file's directory is created if missing."""
+    """An engine for ``url``; a SQLite file's directory is created if missing.
+
+    ``durability`` (``"os"`` or ``"fsync"``) sets SQLite's ``synchronous`` pragma (see the
+    module documentation); other databases keep their own settings.
+    """
     url = sa.make_url(url)
     # json.loads for reading: orjson would turn integers beyond 64 bits into floats.
     options: dict[str, Any] = {"json_serializer": dumps_json, "json_deserializer": json.loads}
@@ -60,6 +83,7 @@ def create_engine(
     if url.database and url.database != ":memory:" and not url.database.startswith("file:"):
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
     engine = sa.create_engine(url, **options)
-    event.listen(engine, "connect", _on_sqlite_connect(busy_timeout_ms))
+    synchronous = SYNCHRONOUS.get(durability, "FULL")
+    event.listen(engine, "connect", _on_sqlite_connect(busy_timeout_ms, synchronous))
     event.listen(engine, "begin", _on_sqlite_begin)
     return engine
