@@ -20,7 +20,6 @@ import argparse
 
 import orjson
 from flask import Flask, Response, request
-from gunicorn.app.base import BaseApplication
 
 app = Flask("floor")
 
@@ -43,28 +42,15 @@ def floor_options(bind: str) -> dict:
     return options
 
 
-class FloorServer(BaseApplication):
-    """gunicorn serving :data:`app` with the given options."""
-
-    def __init__(self, options: dict):
-        self.options = options
-        super().__init__()
-
-    def load_config(self) -> None:
-        for key, value in self.options.items():
-            if value is not None and key in self.cfg.settings:
-                self.cfg.set(key, value)
-
-    def load(self):
-        return app
-
-
 def main() -> None:
     """Command line: ``floor_app.py --bind HOST:PORT``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bind", default="127.0.0.1:9001", help="address to listen on")
     args = parser.parse_args()
-    FloorServer(floor_options(args.bind)).run()
+    from cortex.server import CortexServer
+
+    # the same gunicorn application class Cortex runs under, with the floor's app
+    CortexServer(lambda: app, floor_options(args.bind)).run()
 
 
 if __name__ == "__main__":

@@ -370,18 +370,27 @@ class SQLiteQueue:
         )
         return len(rows)
 
-    def dead_letters(self, sink: str | None = None, include_replayed: bool = False) -> list[dict]:
-        """Dead-lettered records, oldest first."""
-        query = "SELECT id, sink, seq, record_id, record, error, failed_at, replayed_at FROM dead_letters"
+    def _replayable(self, table: str, columns: str, owner: tuple[str, str | None],
+                    include_replayed: bool, limit: int) -> list[sqlite3.Row]:
+        """Rows of a log table (dead letters, ingest errors), oldest first, optionally only
+        those of one owner (``(column, value)``) and not yet replayed."""
         clauses, params = [], []
-        if sink:
-            clauses.append("sink = ?")
-            params.append(sink)
+        if owner[1]:
+            clauses.append(f"{owner[0]} = ?")
+            params.append(owner[1])
         if not include_replayed:
             clauses.append("replayed_at IS NULL")
-        if clauses:
-            query += " WHERE " + " AND ".join(clauses)
-        rows = self.reader.execute(query + " ORDER BY id", params)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        params.append(limit)
+        return self.reader.execute(f"SELECT {columns} FROM {table}{where} ORDER BY id LIMIT ?", params).fetchall()
+
+    def _mark_replayed(self, table: str, ids: list[int]) -> None:
+        self._write(f"UPDATE {table} SET replayed_at = ? WHERE id = ?", [(time.time(), i) for i in ids], many=True)
+
+    def dead_letters(self, sink: str | None = None, include_replayed: bool = False, limit: int = 10**9) -> list[dict]:
+        """Dead-lettered records, oldest first."""
+        rows = self._replayable("dead_letters", "id, sink, seq, record_id, record, error, failed_at, replayed_at",
+                                ("sink", sink), include_replayed, limit)
         return [
             {"id": r[0], "sink": r[1], "seq": r[2], "record_id": r[3], "record": orjson.loads(r[4]),
              "error": r[5], "failed_at": r[6], "replayed_at": r[7]}
@@ -390,21 +399,12 @@ class SQLiteQueue:
 
     def mark_dead_letters_replayed(self, ids: list[int]) -> None:
         """Record that these dead letters were delivered by ``cortex replay``."""
-        self._write("UPDATE dead_letters SET replayed_at = ? WHERE id = ?", [(time.time(), i) for i in ids], many=True)
+        self._mark_replayed("dead_letters", ids)
 
     def ingest_errors(self, org: str | None = None, include_replayed: bool = False, limit: int = 1000) -> list[dict]:
         """Rows of the ingest error log (invalid events with their reasons), oldest first."""
-        query = "SELECT id, org, app_id, record, replayed_at FROM ingest_errors"
-        clauses, params = [], []
-        if org:
-            clauses.append("org = ?")
-            params.append(org)
-        if not include_replayed:
-            clauses.append("replayed_at IS NULL")
-        if clauses:
-            query += " WHERE " + " AND ".join(clauses)
-        params.append(limit)
-        rows = self.reader.execute(query + " ORDER BY id LIMIT ?", params)
+        rows = self._replayable("ingest_errors", "id, org, app_id, record, replayed_at",
+                                ("org", org), include_replayed, limit)
         return [
             {"id": r[0], "org": r[1], "app_id": r[2], "record": orjson.loads(r[3]), "replayed_at": r[4]}
             for r in rows
@@ -412,7 +412,7 @@ class SQLiteQueue:
 
     def mark_errors_replayed(self, ids: list[int]) -> None:
         """Record that these error-log rows were accepted on replay."""
-        self._write("UPDATE ingest_errors SET replayed_at = ? WHERE id = ?", [(time.time(), i) for i in ids], many=True)
+        self._mark_replayed("ingest_errors", ids)
 
     # housekeeping --------------------------------------------------------------------------
     def prune(self, sinks: list[str], batch: int = 5000) -> int:
