@@ -18,6 +18,7 @@ from pathlib import Path
 import pluggy
 import pytest
 import sqlalchemy as sa
+from marshmallow import ValidationError
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
@@ -26,6 +27,7 @@ from cortex.sinks import PermanentError, SinkContext
 from cortex.testing import SinkConformance, make_record, sample_records
 from cortex_sql import SqlSink
 from cortex_sql import migrate
+from cortex_sql.bulk import pg_datetime, sqlite_datetime
 from cortex_sql.tables import build_tables
 
 HEAD = "0001"
@@ -215,6 +217,7 @@ def test_idempotent_rewrite(sink):
 
 def test_idempotent_without_on_conflict(sink):
     """Dialects without ON CONFLICT look up stored ids first (forced here)."""
+    sink._bulk = None
     sink._statements.clear()
     records = sample_records()
     sink.write(records[:4])
@@ -368,6 +371,264 @@ def test_table_prefixes_share_a_database(make_sink):
     assert len(plain.read_records()) == 1 and len(prefixed.read_records()) == 2
     names = set(sa.inspect(plain.engine).get_table_names(schema=plain.schema))
     assert {"events", "dc_events", "cortex_sql_version", "dc_cortex_sql_version"} <= names
+
+
+# --- the bulk path (SQLite, PostgreSQL) -------------------------------------------------------
+
+
+def varied_records() -> list[dict]:
+    """Records that take every branch of the bulk path: odd times, absent and None fields,
+    computed columns, reordered keys, rejected records' odd values."""
+    def with_values(record, **values):  # make_record drops a None override; keep it here
+        record.update(values)
+        return record
+
+    records = sample_records()
+    records += [
+        # times: offset, microseconds, no fraction, naive string, datetime objects
+        make_record("track", "event", event_datetime="2024-06-01T15:45:30.123456+02:00",
+                    event_time="2024-06-01T13:45:30Z", received_at="2024-06-01T13:45:31.5Z"),
+        make_record("track", "dau", event_datetime="2024-06-01T13:45:30.123",
+                    event_time=datetime(2024, 6, 1, 13, 45, 29, 7, timezone.utc)),
+        make_record("track", "dau", event_time=datetime(2024, 6, 1, 13, 45, 30)),
+        make_record("track", "install", event_datetime="2024-02-29T23:59:59.999Z",
+                    event_time="2024-03-01T00:00:00.000Z"),
+        # fields absent, or present as None; skew given, or None
+        make_record("track", "event", kingdom=None, phylum=None, float1=None, extra=None),
+        with_values(make_record("track", "event"), kingdom=None, warnings=None,
+                    clock_skew_seconds=None, event_datetime="2024-06-01T13:45:40.000Z",
+                    event_time="2024-06-01T13:45:30.000Z"),
+        make_record("track", "event", clock_skew_seconds=12.5),
+        make_record("track", "economy", usd_rate_date="2024-02-29", spend_amount_usd=1.25,
+                    spend_amount=7),
+        make_record("app_log", "log", response_ms=5, event_datetime=None, event_time=None),
+        # the interactions' type column: absent, None, or its own value
+        make_record("interaction", "purchase", event_type=None),
+        with_values(make_record("interaction", "purchase"), event_type=None),
+        make_record("interaction", "purchase", event_type="refund"),
+        # rejected: whatever was sent, fitted
+        make_record("rejected", "t" * 100, endpoint=12345, app="a\x00pp",
+                    payload={"n": 10**30}),
+        make_record(brand_new_field="x"),
+        dict(reversed(list(make_record("track", "message_send").items()))),
+    ]
+    return records
+
+
+def test_bulk_path_stores_what_sqlalchemy_stores(make_sink):
+    """The bulk path and the SQLAlchemy Core path store the same values (on SQLite the same
+    text, byte for byte), so reads through SQLAlchemy see no difference."""
+    records = varied_records()
+    bulk, core = make_sink(), make_sink(table_prefix="core_")
+    bulk.open()
+    core.open()
+    assert bulk._bulk is not None
+    core._bulk = None
+    bulk.write(copy.deepcopy(records))
+    core.write(copy.deepcopy(records))
+    sqlite = bulk.engine.dialect.name == "sqlite"
+    for name, table in tables_of(bulk).items():
+        if sqlite:
+            with bulk.engine.connect() as connection:
+                stored = {
+                    prefix: [
+                        tuple((type(value).__name__, value) for value in row)
+                        for row in connection.exec_driver_sql(
+                            f'SELECT * FROM "{prefix}{name}" ORDER BY id'
+                        )
+                    ]
+                    for prefix in ("", "core_")
+                }
+            assert stored[""] == stored["core_"], name
+        mine = sorted(select_all(bulk, name), key=lambda row: row["id"])
+        theirs = sorted(select_all(core, name), key=lambda row: row["id"])
+        assert [dict(row) for row in mine] == [dict(row) for row in theirs], name
+    assert len(bulk.read_records()) == len(records)
+
+
+def test_mixed_column_sets_in_one_batch(sink):
+    """Records with different columns, interleaved in one batch, each keep their own."""
+    full = [make_record("track", "event", kingdom=f"k{i}", float4=float(i)) for i in range(3)]
+    bare = [
+        make_record("track", "event", kingdom=None, phylum=None, float4=None, extra=None,
+                    warnings=None, group_tag=None)
+        for _ in range(3)
+    ]
+    dau = [make_record("track", "dau") for _ in range(2)]
+    reordered = [dict(reversed(list(make_record("track", "event").items())))]
+    batch = [full[0], bare[0], dau[0], full[1], bare[1], reordered[0], dau[1], bare[2], full[2]]
+    sink.write(batch)
+    rows = {row["id"]: row for row in select_all(sink, "events")}
+    assert set(rows) == {record["id"] for record in batch}
+    for i, record in enumerate(full):
+        row = rows[record["id"]]
+        assert row["kingdom"] == f"k{i}" and row["float4"] == float(i)
+        assert row["extra"] == record["extra"] and row["group_tag"] == "cohort-α"
+    for record in bare:
+        row = rows[record["id"]]
+        assert row["kingdom"] is None and row["phylum"] is None and row["float4"] is None
+        assert row["extra"] is None and row["warnings"] is None and row["group_tag"] is None
+        assert row["device_tag"] == record["device_tag"] and row["type"] == "event"
+    for record in dau:
+        row = rows[record["id"]]
+        assert row["type"] == "dau" and row["kingdom"] == "session" and row["float1"] is None
+    assert rows[reordered[0]["id"]]["kingdom"] == "level_complete"
+    stored = {r["id"]: r for r in sink.read_records()}
+    for record in bare:
+        assert not {"kingdom", "phylum", "float4", "extra", "warnings"} & set(stored[record["id"]])
+
+
+def test_missing_optional_columns_next_to_present_ones(sink):
+    """A record without optional fields, next to one with them, stores NULL there, never
+    its neighbour's values; each layout gets one statement, kept for the next batches."""
+    with_fields = make_record("track", "economy", spend_amount_usd=2.5,
+                              usd_rate_date="2024-05-31", region="Bayern", city="München")
+    without = make_record("track", "economy", spend_amount=None, spend_currency=None,
+                          spend_type=None, country=None, language=None)
+    sink.write([with_fields, without])
+    rows = {row["id"]: row for row in select_all(sink, "economy")}
+    row = rows[with_fields["id"]]
+    assert (row["spend_amount_usd"], str(row["usd_rate_date"])) == (2.5, "2024-05-31")
+    assert (row["region"], row["city"], row["country"]) == ("Bayern", "München", "de")
+    row = rows[without["id"]]
+    for name in ("spend_amount", "spend_currency", "spend_type", "country", "language",
+                 "spend_amount_usd", "usd_rate_date", "region", "city"):
+        assert row[name] is None, name
+    assert row["kingdom"] == "shop" and row["spend_amount"] is None
+    plan = sink._bulk._plans["economy"]
+    assert len(plan._statements) == 2
+    sink.write([make_record("track", "economy", spend_amount_usd=1.0, usd_rate_date="2024-06-01",
+                            region="r", city="c"), make_record("track", "economy")])
+    assert len(plan._statements) == 3  # the plain economy record is a layout of its own
+
+
+def test_bulk_path_bad_record_is_permanent_and_isolates(sink):
+    """A value the bulk path cannot convert fails the batch as a PermanentError naming the
+    record; without it (as the dispatcher's bisection finds) the others are stored."""
+    good = [make_record("track", "dau") for _ in range(3)]
+    bad = make_record("track", "event", event_time="2024-02-30T10:00:00.000Z")
+    with pytest.raises(PermanentError, match=bad["id"]):
+        sink.write(good[:2] + [bad] + good[2:])
+    assert sink.read_records() == []
+    sink.write(good)
+    with pytest.raises(PermanentError):
+        sink.write([bad])
+    assert {r["id"] for r in sink.read_records()} == {r["id"] for r in good}
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"float1": "not a number"},
+        {"event_time": "2024-06-01T24:00:00.000Z"},
+        {"event_time": "2024-06-01T13:45:30.12ZZ"},
+        {"event_datetime": ["2024-06-01T13:45:30.123Z"]},
+        {"usd_rate_date": "2024-13-01"},
+        {"extra": {"a"}},  # a set: JSON text anyway ("default=str"); stored
+    ],
+    ids=["str-in-float", "hour-24", "double-z", "list-time", "bad-date", "set-in-json"],
+)
+def test_bulk_path_odd_values(sink, fields):
+    """Odd values the bulk path meets are refused for good, or stored (JSON's fallback)."""
+    record = make_record("track", "economy", **fields)
+    if "extra" in fields:
+        sink.write([record])
+        assert select_all(sink, "economy")[0]["extra"] == "{'a'}"
+    else:
+        with pytest.raises(PermanentError):
+            sink.write([record])
+
+
+@pytest.mark.postgres
+def test_wrong_parameter_type_is_permanent_on_postgres(postgres_url, pg_schema, tmp_path):
+    """A value PostgreSQL refuses for its column's type (a bool for a BIGINT) is permanent."""
+    sink = SqlSink("sql", {"url": postgres_url, "schema": pg_schema}, SinkContext(tmp_path))
+    sink.open()
+    try:
+        for bulk in (sink._bulk, None):
+            sink._bulk = bulk
+            with pytest.raises(PermanentError):
+                sink.write([make_record("track", "event", event_index=True)])
+    finally:
+        sink.close()
+
+
+@pytest.mark.postgres
+def test_percent_in_schema_name(postgres_url, tmp_path):
+    """Identifiers are quoted, and a "%" in them is no placeholder for psycopg."""
+    schema = f"cortex%test_{uuid.uuid4().hex[:8]}"
+    sink = SqlSink("sql", {"url": postgres_url, "schema": schema}, SinkContext(tmp_path))
+    try:
+        sink.open()
+        records = sample_records()
+        sink.write(records)
+        assert len(sink.read_records()) == len(records)
+    finally:
+        sink.close()
+        engine = sa.create_engine(postgres_url)
+        try:
+            with engine.begin() as connection:
+                connection.execute(sa.schema.DropSchema(schema, cascade=True, if_exists=True))
+        finally:
+            engine.dispose()
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "2024-06-01T13:45:30.123Z",
+        "2024-06-01T13:45:30.000Z",
+        "2024-02-29T23:59:59.999Z",
+        "0001-01-01T00:00:00.001Z",
+        "2024-06-01T13:45:30Z",
+        "2024-06-01T13:45:30.123456Z",
+        "2024-06-01T15:45:30.123+02:00",
+        "2024-06-01T13:45:30.123",
+        "2024-06-01 13:45:30.123Z",
+        datetime(2024, 6, 1, 13, 45, 30, 123456, timezone.utc),
+        datetime(2024, 6, 1, 13, 45, 30),
+    ],
+)
+def test_time_conversion_matches_sqlalchemy(value):
+    """Record times become what SQLAlchemy's types make of the parsed datetime."""
+    from cortex_sql.rows import _utc_datetime
+
+    moment = _utc_datetime(value)
+    sqlite_bind = sa.DateTime().dialect_impl(sa.dialects.sqlite.dialect()).bind_processor(
+        sa.dialects.sqlite.dialect()
+    )
+    assert sqlite_datetime(value) == sqlite_bind(moment)
+    converted = pg_datetime(value)
+    assert converted == moment and converted.utcoffset() is not None
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["yesterday", "2024-02-30T00:00:00.000Z", "2024-06-01T24:00:00.000Z",
+     "2024-06-01T13:45:30.12ZZ", "2024-06-01T13:4a:30.123Z", "", 17],
+)
+def test_time_conversion_refuses_non_times(value):
+    """Anything but a date and time raises (and becomes a PermanentError in write)."""
+    for convert in (sqlite_datetime, pg_datetime):
+        with pytest.raises((ValueError, ValidationError)):
+            convert(value)
+
+
+@pytest.mark.parametrize("durability, synchronous", [("os", 1), ("fsync", 2)])
+def test_sqlite_synchronous_follows_durability(tmp_path, durability, synchronous):
+    """SQLite commits are fsynced (synchronous=FULL) only when the queue fsyncs its own;
+    with durability "os" (synchronous=NORMAL in WAL mode) they survive kill -9."""
+    sink = SqlSink("sql", {}, SinkContext(tmp_path, durability=durability))
+    sink.open()
+    try:
+        for _ in range(2):  # every connection of the pool, not only the first
+            with sink.engine.connect() as connection:
+                assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == synchronous
+                assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        sink.write(sample_records())
+        assert len(sink.read_records()) == len(sample_records())
+    finally:
+        sink.close()
 
 
 # --- configuration and registration ---------------------------------------------------------

@@ -9,6 +9,15 @@ Configuration::
     table_prefix = ""                                   # optional
 
 See :mod:`cortex_sql.tables` for the table layout.
+
+Durability follows the queue's ``durability`` setting: on SQLite, ``"os"`` (the default)
+commits with ``synchronous = NORMAL`` (a stored batch survives ``kill -9`` of any process;
+the WAL is fsynced at checkpoints), ``"fsync"`` with ``synchronous = FULL`` (every commit
+is fsynced and survives power loss).  See :mod:`cortex_sql.engine`.  Other databases keep
+their own settings (PostgreSQL: ``synchronous_commit``).
+
+On SQLite and PostgreSQL (psycopg) batches are written by :mod:`cortex_sql.bulk`, which
+bypasses SQLAlchemy's per-row processing; other databases go through SQLAlchemy Core.
 """
 
 from __future__ import annotations

@@ -20,6 +20,8 @@ so that the sink promises what the queue promises, no more and no less:
 from __future__ import annotations
 
 import json
+import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -48,12 +50,31 @@ def _on_sqlite_connect(busy_timeout_ms: int, synchronous: str):
         cursor = dbapi_connection.cursor()
         try:
             cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-            cursor.execute("PRAGMA journal_mode = WAL")
+            _set_wal(cursor, busy_timeout_ms / 1000)
             cursor.execute(f"PRAGMA synchronous = {synchronous}")
         finally:
             cursor.close()
 
     return on_connect
+
+
+def _set_wal(cursor: sqlite3.Cursor, timeout: float) -> None:
+    """``PRAGMA journal_mode = WAL``, retried while another connection holds a lock.
+
+    Switching a new database to WAL can fail with "database is locked" at once, without
+    waiting for the busy timeout, when another process opens it at the same moment (every
+    worker opens the sink when it starts).  The mode is kept in the file, so the retry
+    usually finds the database in WAL mode already.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
 
 
 def _on_sqlite_begin(connection: sa.Connection) -> None:

@@ -12,6 +12,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from cortex.sinks import PermanentError, Sink
 from cortex_sql import migrate
+from cortex_sql.bulk import BulkWriter
 from cortex_sql.engine import create_engine
 from cortex_sql.rows import TableRows
 from cortex_sql.tables import FAMILIES, build_tables, family_of
@@ -29,6 +30,9 @@ _UPSERT_INSERTS = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
 #: ids looked up per query where a dialect has no ON CONFLICT
 _LOOKUP_CHUNK = 500
 
+#: PostgreSQL's datatype_mismatch and cannot_coerce: a parameter of the wrong type
+_VALUE_TYPE_SQLSTATES = frozenset({"42804", "42846"})
+
 
 class SqlSink(Sink):
     """Stores records in SQL tables, one per event family, idempotent on the record id.
@@ -36,6 +40,13 @@ class SqlSink(Sink):
     Options: ``url`` (SQLAlchemy URL; default ``sqlite:///<data_dir>/events.db``),
     ``table_prefix`` (before every table name), ``schema`` (PostgreSQL schema, created if
     missing), ``pool_size``, ``busy_timeout`` (SQLite, milliseconds).
+
+    On SQLite (pysqlite) and PostgreSQL (psycopg) a batch is written by
+    :class:`~cortex_sql.bulk.BulkWriter`: plain tuples and one ``executemany`` per table and
+    column set, bypassing SQLAlchemy's per-row processing.  Other databases and drivers go
+    through SQLAlchemy Core (``INSERT ... ON CONFLICT`` where the dialect has it, otherwise
+    a look-up of the ids already stored).  On SQLite, every commit is fsynced only when the
+    context's ``durability`` is ``"fsync"`` (see :mod:`cortex_sql.engine`).
     """
 
     type_name = "sql"
@@ -65,6 +76,8 @@ class SqlSink(Sink):
         #: by unprefixed table name
         self._rows: dict[str, TableRows] = {}
         self._statements: dict[TableRows, Any] = {}
+        #: the fast path, where the database and driver have one
+        self._bulk: BulkWriter | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -75,6 +88,7 @@ class SqlSink(Sink):
             self.url,
             pool_size=self.options.get("pool_size"),
             busy_timeout_ms=int(self.options.get("busy_timeout", 10_000)),
+            durability=self.context.durability,
         )
         migrate.upgrade(self.engine, self.table_prefix, self.schema)
         tables = build_tables(sa.MetaData(), self.table_prefix, self.schema)
@@ -86,9 +100,12 @@ class SqlSink(Sink):
                 self._statements[rows] = upsert_insert(table).on_conflict_do_nothing(
                     index_elements=[table.c.id]
                 )
+        if BulkWriter.supports(self.engine.dialect):
+            self._bulk = BulkWriter(self.engine.dialect, self._rows.values())
 
     def close(self) -> None:
         """Release the connection pool."""
+        self._bulk = None
         if self.engine is not None:
             self.engine.dispose()
             self.engine = None
@@ -120,6 +137,10 @@ class SqlSink(Sink):
             raise RuntimeError(f"sink {self.name} is not open")
         if not records:
             return
+        if self._bulk is not None:
+            groups = self._bulk.group(records)
+            self._run(self._bulk.insert, groups)
+            return
         batches: dict[TableRows, list[dict[str, Any]]] = defaultdict(list)
         try:
             for record in records:
@@ -127,14 +148,21 @@ class SqlSink(Sink):
                 batches[rows].append(rows.row(record))
         except (ValidationError, ValueError, TypeError, AttributeError) as exc:
             raise PermanentError(f"record {record.get('id')!r}: {exc}") from exc
+        self._run(self._insert_all, batches)
+
+    def _run(self, insert, batches) -> None:
+        """``insert(connection, batches)`` in one transaction; data errors made permanent."""
         try:
             with self.engine.begin() as connection:
-                for rows, batch in batches.items():
-                    self._insert(connection, rows, batch)
+                insert(connection, batches)
         except Exception as exc:
             if _is_data_error(exc):
                 raise PermanentError(str(exc)) from exc
             raise
+
+    def _insert_all(self, connection: sa.Connection, batches: dict[TableRows, list]) -> None:
+        for rows, batch in batches.items():
+            self._insert(connection, rows, batch)
 
     def _insert(self, connection: sa.Connection, rows: TableRows, batch: list[dict]) -> None:
         statement = self._statements.get(rows)
@@ -181,9 +209,16 @@ def _is_data_error(exc: BaseException) -> bool:
         return True
     if isinstance(exc, (sa.exc.ProgrammingError, sa.exc.InterfaceError)):
         # The driver refused a parameter before the database saw it: psycopg says so with
-        # no SQLSTATE ("cannot adapt type"), SQLite with "Error binding parameter".
+        # no SQLSTATE ("cannot adapt type"), SQLite with "Error binding parameter".  Or
+        # PostgreSQL refused a parameter's type for its column (a bool for a BIGINT): the
+        # statements are the sink's own, made from its tables, so only a value does that.
         orig = exc.orig
-        return getattr(orig, "sqlstate", "") is None or "binding parameter" in str(orig)
+        sqlstate = getattr(orig, "sqlstate", "")
+        return (
+            sqlstate is None
+            or sqlstate in _VALUE_TYPE_SQLSTATES
+            or "binding parameter" in str(orig)
+        )
     if isinstance(exc, sa.exc.DBAPIError):
         return False
     # A value a type's bind processor could not convert, or the driver refused outright.
