@@ -432,10 +432,11 @@ class SQLiteQueue:
     def prune_dedupe(self, window_seconds: float, batch: int = 20000) -> int:
         """Forget up to ``batch`` dedupe keys older than the window; returns how many."""
         cutoff = int(time.time() - window_seconds)
-        # rowids grow with time, so the oldest keys are found first and the scan stops early
+        # rowids grow with time: only the oldest ``batch`` rows are looked at, never the
+        # whole table (which would hold the writer lock for seconds at millions of keys)
         cur = self._write(
-            "DELETE FROM dedupe WHERE rowid IN (SELECT rowid FROM dedupe WHERE seen < ? ORDER BY rowid LIMIT ?)",
-            (cutoff, batch),
+            "DELETE FROM dedupe WHERE rowid IN (SELECT rowid FROM dedupe ORDER BY rowid LIMIT ?) AND seen < ?",
+            (batch, cutoff),
         )
         return cur.rowcount
 

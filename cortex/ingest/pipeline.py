@@ -90,39 +90,42 @@ class Outcome:
     shared: dict = field(default_factory=dict)
 
 
-_DAY_BUCKETS: dict[str, bytes] = {}
-_NO_DAY = b"\x00\x00"
+_DAY_MS: dict[str, int] = {}
+_NO_TIME = bytes(6)
+_EPOCH_ORDINAL = date(2000, 1, 1).toordinal()
 
 
-def day_bucket(timestamp: str | None) -> bytes:
-    """Two bytes naming the UTC day of a canonical timestamp (``b"\\0\\0"`` for none).
+def time_prefix(timestamp: str | None) -> bytes:
+    """Six bytes: milliseconds since 2000-01-01 of a canonical timestamp (zeros for none).
 
-    Keys that start with their event's day land next to each other in the dedupe index, so
-    a commit touches a few hot pages instead of pages spread over the whole window.
+    Keys that start with their event's time sort in (client) time order, so the dedupe index
+    and the SQL sink's id index grow at one end: a commit touches a few pages at the end of
+    the index instead of pages spread over all of it, however large it grows.
     """
-    if not timestamp:
-        return _NO_DAY
-    day = timestamp[:10]
-    bucket = _DAY_BUCKETS.get(day)
-    if bucket is None:
-        try:
-            ordinal = date.fromisoformat(day).toordinal()
-        except ValueError:
-            return _NO_DAY
-        bucket = (ordinal & 0xFFFF).to_bytes(2, "big")
-        if len(_DAY_BUCKETS) > 10_000:
-            _DAY_BUCKETS.clear()
-        _DAY_BUCKETS[day] = bucket
-    return bucket
+    if not timestamp or len(timestamp) < 23:
+        return _NO_TIME
+    day_text = timestamp[:10]
+    day_ms = _DAY_MS.get(day_text)
+    try:
+        if day_ms is None:
+            day_ms = (date.fromisoformat(day_text).toordinal() - _EPOCH_ORDINAL) * 86_400_000
+            if len(_DAY_MS) > 10_000:
+                _DAY_MS.clear()
+            _DAY_MS[day_text] = day_ms
+        moment = (day_ms + int(timestamp[11:13]) * 3_600_000 + int(timestamp[14:16]) * 60_000
+                  + int(timestamp[17:19]) * 1000 + int(timestamp[20:23]))
+        return moment.to_bytes(6, "big")
+    except (ValueError, OverflowError):
+        return _NO_TIME
 
 
 def dedupe_key(*parts: Any, day: str | None = None) -> bytes:
-    """A 16-byte key: the day bucket of ``day`` and a 14-byte digest of the key material."""
-    return day_bucket(day) + _digest("\x1f".join("" if p is None else str(p) for p in parts))
+    """A 16-byte key: the time prefix of ``day`` and a 10-byte digest of the key material."""
+    return time_prefix(day) + _digest("\x1f".join("" if p is None else str(p) for p in parts))
 
 
 def _digest(material: str) -> bytes:
-    return hashlib.blake2b(material.encode("utf-8", "surrogatepass"), digest_size=14).digest()
+    return hashlib.blake2b(material.encode("utf-8", "surrogatepass"), digest_size=10).digest()
 
 
 def content_key(app_id: int, device_tag: Any, event: Any, occurrence: int, day: str | None = None) -> bytes:
@@ -276,7 +279,7 @@ def build_records(
             record["warnings"] = warnings
         if "event_index" in values:
             material = f"{owner.app_id}\x1f{records.device_tag}\x1f{values['event_index']}\x1f{event_type}\x1f{event_datetime}"
-            key = day_bucket(event_datetime) + _digest(material)
+            key = time_prefix(event_datetime) + _digest(material)
         else:
             key = records.content_key(event, event_datetime)
         records.accept(record, key)
