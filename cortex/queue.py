@@ -139,6 +139,7 @@ class SQLiteQueue:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={'FULL' if self.durability == 'fsync' else 'NORMAL'}")
         conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
+        conn.execute("PRAGMA mmap_size=268435456")
         return conn
 
     def _check_fork(self) -> None:

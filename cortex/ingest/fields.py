@@ -157,16 +157,27 @@ def is_canonical(value: str) -> bool:
 class Timestamp(Coercing):
     """An ISO 8601 date and time, stored in the canonical UTC form."""
 
+    #: recent raw value -> canonical value: the events of a bundle often share a timestamp
+    _canonical: dict[str, str] = {}
+
     def coerce(self, value, name, warnings):
         if type(value) is not str or len(value) > 64:
             raise ValidationError("Not a valid ISO 8601 date and time.")
+        known = self._canonical.get(value)
+        if known is not None:
+            return known
         if is_canonical(value):
             try:
                 datetime.fromisoformat(value[:23])
             except ValueError:
                 raise ValidationError("Not a valid ISO 8601 date and time.") from None
-            return value
-        return format_timestamp(parse_timestamp(value))
+            canonical = value
+        else:
+            canonical = format_timestamp(parse_timestamp(value))
+        if len(self._canonical) >= 4096:
+            self._canonical.clear()
+        self._canonical[value] = canonical
+        return canonical
 
 
 class TagList(Coercing):

@@ -49,6 +49,7 @@ class Timing:
         self.received_text = format_timestamp(self.received)
         self.future_limit_text = format_timestamp(self.received + timedelta(seconds=self.future_tolerance))
         self.skew: float | None = None
+        self._corrected: dict[str, str] = {}
         if self.client_now is not None:
             skew = (self.received - self.client_now).total_seconds()
             if abs(skew) > self.skew_threshold:
@@ -69,8 +70,10 @@ class Timing:
     def event_time(self, event_datetime: str, warnings: list[str]) -> str:
         """The corrected time of an event whose client time is ``event_datetime`` (canonical)."""
         if self.skew is not None:
-            corrected = parse_timestamp(event_datetime) + timedelta(seconds=self.skew)
-            text = format_timestamp(corrected)
+            text = self._corrected.get(event_datetime)
+            if text is None:
+                corrected = parse_timestamp(event_datetime) + timedelta(seconds=self.skew)
+                text = self._corrected[event_datetime] = format_timestamp(corrected)
         else:
             text = event_datetime
         # canonical timestamps compare correctly as strings
