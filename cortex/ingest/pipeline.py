@@ -122,23 +122,24 @@ def time_prefix(timestamp: str | None) -> bytes:
         return _NO_TIME
 
 
-def dedupe_key(*parts: Any, day: str | None = None) -> bytes:
-    """A 16-byte key: the time prefix of ``day`` and a 10-byte digest of the key material."""
-    return time_prefix(day) + _digest("\x1f".join("" if p is None else str(p) for p in parts))
+def dedupe_key(*parts: Any, at: str | None = None) -> bytes:
+    """A 16-byte key: the time prefix of ``at`` (a canonical timestamp) and a 10-byte digest
+    of the key material."""
+    return time_prefix(at) + _digest("\x1f".join("" if p is None else str(p) for p in parts))
 
 
 def _digest(material: str) -> bytes:
     return hashlib.blake2b(material.encode("utf-8", "surrogatepass"), digest_size=10).digest()
 
 
-def content_key(app_id: int, device_tag: Any, event: Any, occurrence: int, day: str | None = None) -> bytes:
+def content_key(app_id: int, device_tag: Any, event: Any, occurrence: int, at: str | None = None) -> bytes:
     """Dedupe key of an event without ``event_index``: its content and how many identical
     events came before it in the same bundle."""
     try:
         content = orjson.dumps(event, option=orjson.OPT_SORT_KEYS).decode()
     except TypeError:
         content = repr(event)
-    return dedupe_key(app_id, device_tag, content, occurrence, day=day)
+    return dedupe_key(app_id, device_tag, content, occurrence, at=at)
 
 
 def check_bundle_shape(body: Any, endpoint: str, max_events: int) -> tuple[dict, list]:
@@ -184,12 +185,12 @@ class _BundleRecords:
         self.outcome = Outcome()
         self._occurrences: dict[bytes, int] = {}
 
-    def content_key(self, event: Any, day: str | None = None) -> bytes:
+    def content_key(self, event: Any, at: str | None = None) -> bytes:
         """The key of an event without ``event_index``: its content and its occurrence."""
-        first = content_key(self.owner.app_id, self.device_tag, event, 0, day)
+        first = content_key(self.owner.app_id, self.device_tag, event, 0, at)
         seen = self._occurrences.get(first, 0)
         self._occurrences[first] = seen + 1
-        return first if seen == 0 else content_key(self.owner.app_id, self.device_tag, event, seen, day)
+        return first if seen == 0 else content_key(self.owner.app_id, self.device_tag, event, seen, at)
 
     def accept(self, record: dict, key: bytes) -> None:
         """Add a valid record."""
