@@ -491,10 +491,12 @@ def expand(entry: Any) -> list[dict]:
     records = []
     for own in entry["records"]:
         record = {**shared, **own}
-        if shared_warnings and "warnings" in own:
-            record["warnings"] = shared_warnings + own["warnings"]
-        if shared_extra and "extra" in own:
-            record["extra"] = {**shared_extra, **own["extra"]}
+        # each record gets lists and dicts of its own: an enricher that adds a warning to
+        # one record must not add it to its neighbours
+        if shared_warnings:
+            record["warnings"] = shared_warnings + own.get("warnings", [])
+        if shared_extra:
+            record["extra"] = {**shared_extra, **own.get("extra", {})}
         records.append(record)
     records.extend(entry["rejected"])
     return records

@@ -57,3 +57,13 @@ def test_dedupe_window_forgets_old_keys(cortex):
     assert queue.prune_dedupe(7 * 86400) == 1
     assert cortex.post(bundle).status_code == 200
     assert queue.counters()["demo"]["accepted"] == 2
+
+
+def test_records_of_one_entry_share_no_mutable_fields(cortex):
+    events = [{"type": "dau", "event_datetime": iso()}, {"type": "install", "event_datetime": iso()}]
+    bundle = cortex.bundle(events, user_tag=42, note="kept in extra")  # a warning and an extra field
+    assert cortex.post(bundle).status_code == 200
+    first, second = cortex.records()
+    first["warnings"].append("added by an enricher")
+    first["extra"]["added"] = True
+    assert "added by an enricher" not in second["warnings"] and "added" not in second["extra"]

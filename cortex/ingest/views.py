@@ -101,8 +101,7 @@ def ingest(org: str, endpoint: str) -> Response:
     try:
         state.queue.submit(Submission(owner.org, owner.app_id, outcome.accepted, outcome.rejected, outcome.shared))
     except QueueUnavailable as error:
-        current_app.logger.error("%s", error)
-        return text_response(503, "Cortex cannot accept events right now; retry later", **{"Retry-After": "5"})
+        return _unavailable(error)
     return ok_response()
 
 
@@ -111,9 +110,14 @@ def _refuse(state, owner, outcome: Outcome, message: str) -> Response:
     try:
         state.queue.submit(Submission(owner.org, owner.app_id, [], outcome.rejected))
     except QueueUnavailable as error:
-        current_app.logger.error("%s", error)
-        return text_response(503, "Cortex cannot accept events right now; retry later", **{"Retry-After": "5"})
+        return _unavailable(error)
     return text_response(400, message)
+
+
+def _unavailable(error: QueueUnavailable) -> Response:
+    """503 with ``Retry-After``: SDKs resend the same events later, so nothing is lost."""
+    current_app.logger.error("%s", error)
+    return text_response(503, "Cortex cannot accept events right now; retry later", **{"Retry-After": "5"})
 
 
 def _describe(outcome: Outcome) -> str:
