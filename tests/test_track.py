@@ -281,3 +281,23 @@ def test_records_carry_ids_stable_across_retries(cortex):
     (first,) = cortex.records()
     assert len(first["id"]) == 32
     int(first["id"], 16)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"\xff\xfe{\"api_key\": 1}", b'{"api_key": "k", "events": [NaN]}', b"[" * 5000 + b"]" * 5000,
+     b'{"api_key": "k", "events": [1e999]}'],
+    ids=["not-utf8", "nan", "deep-nesting", "infinity"],
+)
+def test_hostile_bodies_get_a_clear_400(cortex, body):
+    response = cortex.post(body)
+    assert response.status_code == 400
+    assert "not valid JSON" in response.data.decode()
+
+
+def test_events_that_are_not_objects_are_rejected_one_by_one(cortex):
+    response = cortex.post(cortex.bundle([EVENTS["dau"], "tap", 3, None]))
+    assert response.status_code == 200
+    log = cortex.state.queue.ingest_errors("demo")
+    assert [row["record"]["position"] for row in log] == [1, 2, 3]
+    assert all(row["record"]["reasons"] == {"_event": ["Each event must be a JSON object."]} for row in log)
