@@ -100,3 +100,15 @@ def test_fsync_durability_mode_serves_and_delivers(tmp_path):
         assert server.sql_rows("SELECT count(*) FROM events") == [(20,)]
     finally:
         server.stop()
+
+
+def test_only_one_dispatcher_per_data_directory(cortex_server):
+    lock = cortex_server.data_dir / "dispatcher.lock"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not (lock.exists() and lock.read_text().strip().isdigit()):
+        time.sleep(0.1)
+    assert int(lock.read_text()) in cortex_server.worker_pids(), "a gunicorn worker is the dispatcher"
+    result = subprocess.run([sys.executable, "-m", "cortex", "worker", "--no-wait"], env=cortex_server.env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "another dispatcher" in result.stderr and "works on this data directory" in result.stderr
