@@ -45,7 +45,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Iterable, Mapping
+from typing import Any, ClassVar, Mapping
 
 __all__ = ["Sink", "SinkContext", "PermanentError"]
 
@@ -108,7 +108,3 @@ class Sink:
         """A JSON-able summary for status pages; never include secrets."""
         return {"name": self.name, "type": self.type_name}
 
-
-def records_of_kind(records: Iterable[dict[str, Any]], *kinds: str) -> list[dict[str, Any]]:
-    """The records whose ``kind`` is one of ``kinds`` (a helper for sinks)."""
-    return [r for r in records if r.get("kind") in kinds]
