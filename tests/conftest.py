@@ -211,6 +211,26 @@ def cortex_server(tmp_path):
         server.stop()
 
 
+def drop_schema(url: str, name: str) -> None:
+    """Drop a PostgreSQL schema and everything in it, if it exists."""
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(sa.schema.DropSchema(name, cascade=True, if_exists=True))
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+def pg_schema(postgres_url):
+    """A fresh schema name on the test server (not created), dropped afterwards."""
+    import uuid
+
+    name = f"cortex_test_{uuid.uuid4().hex[:12]}"
+    yield name
+    drop_schema(postgres_url, name)
+
+
 @pytest.fixture
 def postgres_url():
     """The local PostgreSQL server's URL; skips (fails in CI) when it is not reachable."""

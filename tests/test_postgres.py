@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
 import sqlalchemy as sa
 
@@ -12,26 +10,13 @@ from conftest import iso
 pytestmark = pytest.mark.postgres
 
 
-@pytest.fixture
-def pg_schema(postgres_url):
-    """A fresh PostgreSQL schema, dropped afterwards; yields (url, schema)."""
-    schema = f"cortex_test_{uuid.uuid4().hex[:10]}"
-    engine = sa.create_engine(postgres_url)
+def test_control_database_and_sql_sink_on_postgresql(make_cortex, postgres_url, pg_schema):
+    url, schema = postgres_url, pg_schema
+    engine = sa.create_engine(url)
     with engine.begin() as conn:
         conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        yield postgres_url, schema
-    finally:
-        with engine.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-        engine.dispose()
-
-
-def test_control_database_and_sql_sink_on_postgresql(make_cortex, pg_schema):
-    url, schema = pg_schema
     control_url = f"{url}?options=-csearch_path%3D{schema}"
     cortex = make_cortex(control_db=control_url, sinks={"sql": {"type": "sql", "url": url, "schema": schema}})
-    engine = sa.create_engine(url)
     try:
         with engine.connect() as conn:
             tables = set(conn.execute(sa.text(
@@ -51,4 +36,5 @@ def test_control_database_and_sql_sink_on_postgresql(make_cortex, pg_schema):
         assert rows[0][3].tzinfo is not None
         assert len(errors) == 1 and "type" in errors[0][0]
     finally:
+        cortex.state.control.dispose()
         engine.dispose()

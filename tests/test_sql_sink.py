@@ -22,6 +22,7 @@ from marshmallow import ValidationError
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
+from conftest import drop_schema
 from cortex import hookspecs
 from cortex.sinks import PermanentError, SinkContext
 from cortex.testing import SinkConformance, make_record, sample_records
@@ -31,19 +32,6 @@ from cortex_sql.bulk import pg_datetime, sqlite_datetime
 from cortex_sql.tables import build_tables
 
 HEAD = "0001"
-
-
-@pytest.fixture
-def pg_schema(postgres_url):
-    """A fresh schema name on the test server (the sink creates it), dropped afterwards."""
-    name = f"cortex_test_{uuid.uuid4().hex[:12]}"
-    yield name
-    engine = sa.create_engine(postgres_url)
-    try:
-        with engine.begin() as connection:
-            connection.execute(sa.schema.DropSchema(name, cascade=True, if_exists=True))
-    finally:
-        engine.dispose()
 
 
 # --- the conformance suite ------------------------------------------------------------------
@@ -565,12 +553,7 @@ def test_percent_in_schema_name(postgres_url, tmp_path):
         assert len(sink.read_records()) == len(records)
     finally:
         sink.close()
-        engine = sa.create_engine(postgres_url)
-        try:
-            with engine.begin() as connection:
-                connection.execute(sa.schema.DropSchema(schema, cascade=True, if_exists=True))
-        finally:
-            engine.dispose()
+        drop_schema(postgres_url, schema)
 
 
 @pytest.mark.parametrize(
