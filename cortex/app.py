@@ -11,6 +11,8 @@ import sqlalchemy.exc
 from flask import Flask, jsonify
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+import cortex.accounts  # noqa: F401 - defines the account tables of the control database
+from cortex.analytics.setup import install as install_analytics
 from cortex.config import load_config
 from cortex.control import ControlStore
 from cortex.ingest.keys import KeyCache
@@ -59,6 +61,7 @@ def create_app(
     if hops:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
     app.register_blueprint(ingest_blueprint)
+    install_analytics(app, state)
     app.after_request(add_cors_headers)
     _register_introspection(app, state)
     manager.hook.startup(app=app)

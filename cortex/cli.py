@@ -379,3 +379,13 @@ def replay(what, sink, org):
     _json(result)
     if result.get("failed"):
         sys.exit(1)
+
+
+# accounts, tokens and exports ----------------------------------------------------------------
+def _register_analytics_commands() -> None:
+    from cortex.analytics.commands import register
+
+    register(cli)
+
+
+_register_analytics_commands()

@@ -71,6 +71,20 @@ DEFAULTS: dict[str, Any] = {
     },
     "enrichers": {},
     "logging": {"level": "INFO"},
+    "analytics": {
+        # the SQL sink the query API reads; empty: the only sink of type "sql"
+        "sink": "",
+        # largest number of rows one page of a raw listing may hold
+        "max_page_size": 1000,
+    },
+    "web": {
+        # key that signs session cookies; empty: a random key kept in {data_dir}/web_secret_key
+        "secret_key": "",
+        # send the session cookie only over HTTPS (turn off only for plain-HTTP testing)
+        "secure_cookies": True,
+        # hours a web login lasts
+        "session_hours": 12,
+    },
 }
 
 

@@ -1,0 +1,47 @@
+"""SQL expressions that differ between SQLite and PostgreSQL: buckets, days and epochs.
+
+On SQLite the sink stores times as UTC text (``YYYY-MM-DD HH:MM:SS.ffffff``); on
+PostgreSQL as ``timestamptz``, read here in UTC whatever the session's time zone.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+_SQLITE_BUCKETS = {
+    "hour": lambda t: sa.func.strftime("%Y-%m-%dT%H:00:00Z", t),
+    "day": lambda t: sa.func.strftime("%Y-%m-%d", t),
+    # the Monday of the week: the next Sunday (or this one), then six days back
+    "week": lambda t: sa.func.date(t, "weekday 0", "-6 days"),
+    "month": lambda t: sa.func.strftime("%Y-%m-01", t),
+}
+
+_PG_FORMATS = {"hour": 'YYYY-MM-DD"T"HH24:00:00"Z"', "day": "YYYY-MM-DD", "week": "YYYY-MM-DD", "month": "YYYY-MM-DD"}
+
+
+def utc(dialect: str, moment):
+    """``moment`` as a UTC timestamp without zone (PostgreSQL) or as it is (SQLite)."""
+    if dialect == "postgresql":
+        return sa.func.timezone("UTC", moment)
+    return moment
+
+
+def bucket(dialect: str, moment, size: str):
+    """The label of the ``size`` bucket ``moment`` falls in (hour: ``2024-06-01T13:00:00Z``, else a date)."""
+    if dialect == "sqlite":
+        return _SQLITE_BUCKETS[size](moment)
+    return sa.func.to_char(sa.func.date_trunc(size, utc(dialect, moment)), _PG_FORMATS[size])
+
+
+def day_number(dialect: str, moment):
+    """Whole UTC days since 1970-01-01: day arithmetic the same way on every database."""
+    if dialect == "sqlite":
+        return sa.cast(sa.func.julianday(sa.func.date(moment)) - 2440587.5, sa.Integer)
+    return sa.cast(sa.func.floor(sa.extract("epoch", moment) / 86400), sa.Integer)
+
+
+def epoch(dialect: str, moment):
+    """Seconds since 1970-01-01 UTC, as a number."""
+    if dialect == "sqlite":
+        return (sa.func.julianday(moment) - 2440587.5) * 86400.0
+    return sa.extract("epoch", moment)
