@@ -33,7 +33,11 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
 
 
 def jsonable(row: dict[str, Any]) -> dict[str, Any]:
-    """A row with times as ISO 8601 UTC strings and absent values left out."""
+    """A row with times as ISO 8601 UTC strings and absent values left out.
+
+    Keys become plain ``str`` (SQLAlchemy names a reserved word such as ``user`` with a
+    ``str`` subclass, which orjson refuses).
+    """
     out = {}
     for key, value in row.items():
         if value is None:
@@ -42,7 +46,7 @@ def jsonable(row: dict[str, Any]) -> dict[str, Any]:
             value = value.isoformat().replace("+00:00", "Z")
         elif hasattr(value, "isoformat"):
             value = value.isoformat()
-        out[key] = value
+        out[str(key)] = value
     return out
 
 

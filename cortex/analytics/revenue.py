@@ -39,7 +39,7 @@ def revenue(scope: Scope, filters: dict[str, Any]) -> dict[str, Any]:
             for p, r, pu, au in conn.execute(series_query)
         ]
         total, paying_users, active = conn.execute(totals_query).one()
-        dau_sum = conn.execute(dau_query).scalar_one()
+        dau_sum = int(conn.execute(dau_query).scalar_one())
     total = float(total)
     return {
         "revenue_usd": round(total, 6),

@@ -93,7 +93,7 @@ def dashboard():
     user_id = session.get("user_id")
     caller = accounts().caller(user_id) if isinstance(user_id, int) else None
     if caller is None:
-        session.clear()
+        session.pop("user_id", None)
         return redirect(url_for("web.login"))
     store = analytics_store_of(current_app.extensions["cortex"])
     rows = []
