@@ -14,16 +14,41 @@ from analytics_data import DEMO_EVENTS, get, seed
 RANGE = {"business_id": "demo", "start_date": "2024-06-01", "end_date": "2024-06-30"}
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def world(request, make_cortex):
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def world(request, tmp_path_factory):
+    """The seeded data set on SQLite or PostgreSQL, shared by the module's tests (they only read)."""
+    import uuid
+
+    from conftest import Cortex, drop_schema
+
+    data_dir = tmp_path_factory.mktemp(f"analytics-{request.param}") / "data"
     if request.param == "sqlite":
-        cortex = make_cortex()
-    else:
-        url = request.getfixturevalue("postgres_url")
-        schema = request.getfixturevalue("pg_schema")
-        cortex = make_cortex(sinks={"sql": {"type": "sql", "url": url, "schema": schema}})
-    tokens = seed(cortex)
-    return cortex, tokens
+        cortex = Cortex(data_dir)
+        yield cortex, seed(cortex)
+        return
+    url = _reachable_postgres()
+    schema = f"cortex_test_{uuid.uuid4().hex[:12]}"
+    try:
+        cortex = Cortex(data_dir, {"sinks": {"sql": {"type": "sql", "url": url, "schema": schema}}})
+        yield cortex, seed(cortex)
+    finally:
+        drop_schema(url, schema)
+
+
+def _reachable_postgres() -> str:
+    import sqlalchemy as sa
+
+    from conftest import POSTGRES_URL, need_service
+
+    engine = sa.create_engine(POSTGRES_URL)
+    try:
+        with engine.connect():
+            pass
+    except Exception as error:  # noqa: BLE001 - any failure means "not reachable"
+        need_service(f"PostgreSQL at {POSTGRES_URL} is not reachable: {error.__class__.__name__}")
+    finally:
+        engine.dispose()
+    return POSTGRES_URL
 
 
 def query(world, name, role="analyst", **params):
@@ -185,3 +210,33 @@ def test_cli_export_with_progress(world, tmp_path):
     assert len(rows) == DEMO_EVENTS + 1 and {r["device"] for r in rows} == {"d1", "d2", "d3", "d9"}
     refused = cortex.cli("export", "--org", "nowhere")
     assert refused.exit_code != 0 and "no org named" in refused.output
+
+
+ROLLUP_CASES = [
+    ("events", {}), ("events", {"event_type": "economy"}), ("events", {"bucket": "week", "os": "ios"}),
+    ("events", {"event_type": "install,dau", "country": "US", "bucket": "month"}),
+    ("counts", {}), ("counts", {"by": "kingdom", "event_type": "event"}), ("counts", {"by": "country", "bucket": "week"}),
+    ("active-users", {}), ("active-users", {"bucket": "week"}), ("active-users", {"start_date": "2024-06-03"}),
+    ("active-users", {"event_type": "economy"}), ("active-users", {"os": "android"}),
+    ("revenue", {}), ("revenue", {"country": "US", "bucket": "month"}),
+    ("breakdown", {"dimension": "os"}), ("breakdown", {"dimension": "country", "event_type": "economy"}),
+    ("retention", {"days": "1,7"}), ("retention", {"days": "1", "os": "ios"}),
+    ("retention", {"days": "1,7,30", "start_date": "2024-06-02"}),
+]
+
+
+@pytest.mark.parametrize("name,params", ROLLUP_CASES)
+def test_rollups_answer_as_the_raw_events_do(world, name, params):
+    raw = query(world, name, use="raw", **params)
+    rolled = query(world, name, use="rollups", **params)
+    assert raw.pop("answered_from") == "raw" and rolled.pop("answered_from") == "rollups"
+    assert rolled == raw
+
+
+def test_auto_uses_rollups_when_it_can_and_says_why_not(world):
+    assert query(world, "events", "viewer")["answered_from"] == "rollups"
+    assert query(world, "events", "viewer", bucket="hour")["answered_from"] == "raw"
+    assert query(world, "counts", "viewer", by="phylum")["answered_from"] == "raw"
+    cortex, tokens = world
+    refused = get(cortex, "/api/v1/analytics/events", tokens["viewer"], **RANGE, bucket="hour", use="rollups")
+    assert refused.status_code == 400 and "per day" in refused.json["reasons"]["use"][0]

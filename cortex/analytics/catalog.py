@@ -8,8 +8,11 @@ from typing import Any, Callable, Iterable
 
 from marshmallow import Schema
 
+from functools import partial
+
 from cortex.analytics import counts, experiments, funnels, revenue, users
 from cortex.analytics import schemas as S
+from cortex.analytics.planner import answer
 
 
 @dataclass(frozen=True)
@@ -48,18 +51,18 @@ def _variants(result):
 
 
 QUERIES: dict[str, Query] = {q.name: q for q in (
-    Query("counts", S.CountsSchema, S.CountsAnswerSchema, "viewer", counts.event_counts, _groups,
+    Query("counts", S.CountsSchema, S.CountsAnswerSchema, "viewer", partial(answer, "counts"), _groups,
           "Event counts per bucket, by event type, taxonomy level or another dimension"),
-    Query("active-users", S.ActiveUsersSchema, S.ActiveUsersAnswerSchema, "viewer", users.active_users, _series,
+    Query("active-users", S.ActiveUsersSchema, S.ActiveUsersAnswerSchema, "viewer", partial(answer, "active-users"), _series,
           "Active devices or users per hour, day, week or month; new and returning"),
-    Query("revenue", S.FilterSchema, S.RevenueAnswerSchema, "viewer", revenue.revenue, _series,
+    Query("revenue", S.FilterSchema, S.RevenueAnswerSchema, "viewer", partial(answer, "revenue"), _series,
           "Revenue in USD, paying users, ARPDAU and conversion rate"),
-    Query("retention", S.RetentionSchema, S.RetentionAnswerSchema, "analyst", users.retention, _cohorts,
+    Query("retention", S.RetentionSchema, S.RetentionAnswerSchema, "analyst", partial(answer, "retention"), _cohorts,
           "Install cohorts and their day-N retention"),
     Query("funnel", S.FunnelSchema, S.FunnelAnswerSchema, "analyst", funnels.funnel, lambda r: r["steps"],
           "Devices reaching each step of an ordered list of events within a time window"),
     Query("experiments", S.ExperimentsSchema, S.ExperimentsAnswerSchema, "analyst", experiments.experiments,
           _variants, "Users per experiment variant, with conversion and revenue"),
-    Query("breakdown", S.BreakdownSchema, S.BreakdownAnswerSchema, "analyst", counts.breakdown,
+    Query("breakdown", S.BreakdownSchema, S.BreakdownAnswerSchema, "analyst", partial(answer, "breakdown"),
           lambda r: r["rows"], "Top N values of a dimension by events, with users and revenue"),
 )}

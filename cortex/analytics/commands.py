@@ -162,6 +162,35 @@ def register(cli: click.Group) -> None:
             _fail(error)
         click.echo(f"revoked token {token_id_or_prefix}")
 
+    @cli.group()
+    def rollups():
+        """The SQL sink's rollups (per-day aggregates the query API answers dashboards from)."""
+
+    @rollups.command("rebuild")
+    @click.option("--org", "orgs", multiple=True, help="Only this org (repeatable; default: every org).")
+    @click.option("--from", "first", required=True, type=click.DateTime(["%Y-%m-%d"]), help="First day (UTC).")
+    @click.option("--to", "last", required=True, type=click.DateTime(["%Y-%m-%d"]), help="Last day (UTC), inclusive.")
+    @with_appcontext
+    def rollups_rebuild(orgs, first, last):
+        """Recompute rollups from the raw events, e.g. after rows were deleted."""
+        from cortex.analytics.store import analytics_sink
+
+        cortex_state = _state()
+        try:
+            name, _ = analytics_sink(cortex_state.config)
+        except ConfigError as error:
+            _fail(error)
+        if last < first:
+            _fail(Exception("--to comes before --from"))
+        sink = next(s for s in cortex_state.make_sinks() if s.name == name)
+        sink.open()
+        try:
+            for org in orgs or [o["slug"] for o in cortex_state.control.list_orgs()]:
+                sink.recompute_rollups(org, first.date(), last.date())
+                click.echo(f"rebuilt the rollups of {org} from {first:%Y-%m-%d} to {last:%Y-%m-%d}")
+        finally:
+            sink.close()
+
     @cli.command("export")
     @click.option("--org", required=True, help="The org whose data to export.")
     @click.option("--query", "query_name", default="events", show_default=True,

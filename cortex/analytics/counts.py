@@ -16,15 +16,16 @@ def _period(scope: Scope, stream, size: str):
 
 
 def event_summary(scope: Scope, filters: dict[str, Any]) -> dict[str, Any]:
-    """Events of the range (of ``event_type``, if given): total, unique users, USD revenue and a series."""
+    """Events of the range (of ``event_type``, if given): total, distinct devices (``unique_users``),
+    USD revenue and a series."""
     stream = event_stream(scope, filters)
     period = _period(scope, stream, filters["bucket"])
     series_query = (
-        sa.select(period, sa.func.count().label("count"), sa.func.count(sa.distinct(stream.c.user)).label("users"))
+        sa.select(period, sa.func.count().label("count"), sa.func.count(sa.distinct(stream.c.device)).label("users"))
         .group_by(period).order_by(period)
     )
     totals_query = sa.select(
-        sa.func.count(), sa.func.count(sa.distinct(stream.c.user)), sa.func.coalesce(sa.func.sum(stream.c.revenue_usd), 0.0)
+        sa.func.count(), sa.func.count(sa.distinct(stream.c.device)), sa.func.coalesce(sa.func.sum(stream.c.revenue_usd), 0.0)
     )
     with scope.connect() as conn:
         series = [{"period": p, "count": n, "users": u} for p, n, u in conn.execute(series_query)]
@@ -52,12 +53,12 @@ def event_counts(scope: Scope, filters: dict[str, Any]) -> dict[str, Any]:
 
 
 def breakdown(scope: Scope, filters: dict[str, Any]) -> dict[str, Any]:
-    """The top ``limit`` values of ``dimension`` by number of events, with distinct users."""
+    """The top ``limit`` values of ``dimension`` by number of events, with distinct devices (``users``)."""
     stream = event_stream(scope, filters)
     value = stream.c[filters["dimension"]].label("value")
     events = sa.func.count().label("events")
     query = (
-        sa.select(value, events, sa.func.count(sa.distinct(stream.c.user)).label("users"),
+        sa.select(value, events, sa.func.count(sa.distinct(stream.c.device)).label("users"),
                   sa.func.coalesce(sa.func.sum(stream.c.revenue_usd), 0.0).label("revenue_usd"))
         .group_by(value).order_by(events.desc(), value).limit(filters["limit"])
     )

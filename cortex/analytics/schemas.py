@@ -88,6 +88,8 @@ class FilterSchema(Schema):
     genus = CommaList()
     species = CommaList()
     bucket = fields.String(load_default="day", validate=validate.OneOf(BUCKETS))
+    use = fields.String(load_default="auto", validate=validate.OneOf(("auto", "rollups", "raw")),
+                        metadata={"description": "answer from the rollups when possible (auto), always (rollups) or never (raw)"})
 
     @pre_load
     def aliases(self, data, **kwargs):

@@ -45,3 +45,10 @@ def epoch(dialect: str, moment):
     if dialect == "sqlite":
         return (sa.func.julianday(moment) - 2440587.5) * 86400.0
     return sa.extract("epoch", moment)
+
+
+def day_bucket(dialect: str, day, size: str):
+    """The label of the ``size`` bucket (day, week or month) a DATE column's day falls in."""
+    if dialect == "sqlite":
+        return _SQLITE_BUCKETS[size](day)
+    return sa.func.to_char(sa.func.date_trunc(size, sa.cast(day, sa.DateTime)), _PG_FORMATS[size])

@@ -46,6 +46,8 @@ class AnalyticsStore:
         self.prefix = str(options.get("table_prefix") or "")
         self.schema = options.get("schema") or None
         self.durability = config["queue"]["durability"]
+        #: whether the sink keeps the rollup tables (its ``rollups`` option; SQLite and PostgreSQL)
+        self.rollups = bool(options.get("rollups", True)) and self.url.get_backend_name() in ("sqlite", "postgresql")
         self._engine: sa.Engine | None = None
         self._tables: dict[str, sa.Table] | None = None
         self._lock = threading.Lock()
@@ -58,6 +60,7 @@ class AnalyticsStore:
     def _open(self) -> None:
         from cortex_sql import migrate
         from cortex_sql.engine import create_engine as create_sink_engine
+        from cortex_sql.rollups import define_rollup_tables
         from cortex_sql.tables import build_tables
 
         # The tables exist once the sink has opened; a query may come first, so bring the
@@ -74,7 +77,9 @@ class AnalyticsStore:
         else:
             options["pool_pre_ping"] = True
         self._engine = sa.create_engine(self.url, **options)
-        self._tables = build_tables(sa.MetaData(), self.prefix, self.schema)
+        metadata = sa.MetaData()
+        self._tables = build_tables(metadata, self.prefix, self.schema)
+        self._tables.update(define_rollup_tables(metadata, self.prefix, self.schema))
 
     def _ready(self) -> None:
         if self._engine is None:

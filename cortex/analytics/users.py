@@ -9,18 +9,19 @@ import sqlalchemy as sa
 
 from cortex.analytics.scope import Scope
 from cortex.analytics.sqlfuncs import bucket, day_number
-from cortex.analytics.stream import event_stream
+from cortex.analytics.stream import FILTER_COLUMNS, event_stream
 
 
 def active_users(scope: Scope, filters: dict[str, Any]) -> dict[str, Any]:
     """Distinct active devices (or users) per bucket; ``new`` were first seen in that bucket.
 
-    A device is new in the bucket of its first event ever (any type, any date), so that a
-    filtered range still tells new from returning correctly.
+    A device is new in the bucket of its first event ever in the app(s) asked for (any
+    type, any date, whatever the other filters), so that a filtered range still tells new
+    from returning correctly.
     """
     who = filters["by"]
     stream = event_stream(scope, filters)
-    history = event_stream(scope, {k: v for k, v in filters.items() if k != "event_type"}, with_time_range=False)
+    history = event_stream(scope, _history_filters(filters), with_time_range=False)
     first_seen = (
         sa.select(history.c[who].label("who"), sa.func.min(history.c.time).label("first"))
         .group_by(history.c[who]).subquery("first_seen")
@@ -45,23 +46,39 @@ def active_users(scope: Scope, filters: dict[str, Any]) -> dict[str, Any]:
     return {"bucket": filters["bucket"], "by": who, "series": series}
 
 
+def _history_filters(filters: dict[str, Any]) -> dict[str, Any]:
+    """The filters that decide a device's first day and install day: only the app."""
+    return {key: value for key, value in filters.items()
+            if key in ("app", "start", "end", "bucket")}
+
+
 def retention(scope: Scope, filters: dict[str, Any]) -> dict[str, Any]:
     """Cohorts of devices by install day within the range, and how many came back on day N.
 
-    A device's cohort is the day of its first ``install`` event; it is retained on day N
-    when it sent any event on the N-th day after it.  Days not yet fully past are left
-    out (``users`` is None).
+    A device's cohort is the day of its first ``install`` event ever (in the app(s) asked
+    for); the cohorts whose day is in the range are shown.  A device is retained on day N
+    when it sent any event on the N-th day after its cohort's.  Days not yet fully past
+    are left out (``users`` is None).
     """
     days = sorted({int(d) for d in filters["days"]})
     dialect = scope.dialect
-    installs = event_stream(scope, {k: v for k, v in filters.items() if k != "event_type"}, types=["install"])
+    history = _history_filters(filters)
+    installs = event_stream(scope, history, types=["install"], with_time_range=False)
     cohort_day = day_number(dialect, sa.func.min(installs.c.time))
+    low = day_number(dialect, sa.literal(filters["start"], type_=installs.c.time.type))
+    high = day_number(dialect, sa.literal(filters["end"], type_=installs.c.time.type))
     cohorts = (
         sa.select(installs.c.device.label("device"), cohort_day.label("cohort"))
-        .group_by(installs.c.device).subquery("cohorts")
+        .group_by(installs.c.device)
+        .having(cohort_day >= low).having(cohort_day < high)
     )
-    later = {**filters, "end": filters["end"] + timedelta(days=max(days) + 1)}
-    later.pop("event_type", None)
+    dimensions = {k: filters[k] for k in FILTER_COLUMNS if k != "app" and filters.get(k)}
+    if dimensions:
+        # the other filters (os, country, ...) choose devices by their install events
+        matching = event_stream(scope, {**history, **dimensions}, types=["install"], with_time_range=False)
+        cohorts = cohorts.where(installs.c.device.in_(sa.select(matching.c.device)))
+    cohorts = cohorts.subquery("cohorts")
+    later = {**history, "end": filters["end"] + timedelta(days=max(days) + 1)}
     activity_stream = event_stream(scope, later)
     activity = (
         sa.select(activity_stream.c.device.label("device"), day_number(dialect, activity_stream.c.time).label("day"))

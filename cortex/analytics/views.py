@@ -18,7 +18,7 @@ from cortex.analytics import export, listing
 from cortex.analytics import schemas as S
 from cortex.analytics.auth import Unauthenticated, accounts, current_caller
 from cortex.analytics.catalog import QUERIES
-from cortex.analytics.counts import event_summary
+from cortex.analytics.planner import answer
 from cortex.analytics.scope import AccessDenied, Scope, not_found, scope_for
 from cortex.analytics.setup import analytics_store_of
 from cortex.config import ConfigError
@@ -149,7 +149,7 @@ def analytics_events():
     """
     scope = _scope("viewer")
     arguments = _arguments(S.FilterSchema, scope)
-    result = event_summary(scope, arguments)
+    result = answer("events", scope, arguments)
     return jsonify({"business_id": scope.org, "event_type": arguments.get("event_type"), **_range(arguments),
                     "bucket": arguments["bucket"], **result})
 

@@ -13,7 +13,7 @@ from flask_wtf.csrf import CSRFError, generate_csrf, validate_csrf
 from wtforms.validators import ValidationError as CSRFValidationError
 
 from cortex.analytics.auth import accounts
-from cortex.analytics.counts import event_summary
+from cortex.analytics.planner import answer
 from cortex.analytics.schemas import FilterSchema
 from cortex.analytics.scope import scope_for
 from cortex.analytics.setup import analytics_store_of
@@ -99,5 +99,5 @@ def dashboard():
     rows = []
     for org, role in sorted(caller.roles.items()):
         scope = scope_for(caller, org, store, "viewer")
-        rows.append({"org": org, "role": role, **event_summary(scope, FilterSchema().load({}))})
+        rows.append({"org": org, "role": role, **answer("events", scope, FilterSchema().load({}))})
     return _page("Dashboard", DASHBOARD, email=caller.email, rows=rows)

@@ -14,12 +14,13 @@ from cortex.sinks import PermanentError, Sink
 from cortex_sql import migrate
 from cortex_sql.bulk import BulkWriter
 from cortex_sql.engine import create_engine
+from cortex_sql.rollups import RollupWriter, define_rollup_tables
 from cortex_sql.rows import TableRows
 from cortex_sql.tables import FAMILIES, build_tables, family_of
 
 __all__ = ["SqlSink"]
 
-OPTIONS = {"url", "table_prefix", "schema", "pool_size", "busy_timeout"}
+OPTIONS = {"url", "table_prefix", "schema", "pool_size", "busy_timeout", "rollups"}
 
 #: letters, digits, underscores; short enough for index names within PostgreSQL's 63
 _PREFIX = re.compile(r"^[A-Za-z0-9_]{0,30}$")
@@ -78,6 +79,9 @@ class SqlSink(Sink):
         self._statements: dict[TableRows, Any] = {}
         #: the fast path, where the database and driver have one
         self._bulk: BulkWriter | None = None
+        #: keeps the rollup tables up to date (option ``rollups``, default on)
+        self.rollups_enabled = bool(self.options.get("rollups", True))
+        self._rollups: RollupWriter | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -102,10 +106,18 @@ class SqlSink(Sink):
                 )
         if BulkWriter.supports(self.engine.dialect):
             self._bulk = BulkWriter(self.engine.dialect, self._rows.values())
+        if self.rollups_enabled and RollupWriter.supports(self.engine.dialect.name):
+            rollup_tables = define_rollup_tables(sa.MetaData(), self.table_prefix, self.schema)
+            self._rollups = RollupWriter(self.engine.dialect.name, rollup_tables, tables)
+        elif self.rollups_enabled:
+            self.context.logger.warning(
+                "sink %s: rollups are kept on SQLite and PostgreSQL only; the query API reads"
+                " the raw tables", self.name)
 
     def close(self) -> None:
         """Release the connection pool."""
         self._bulk = None
+        self._rollups = None
         if self.engine is not None:
             self.engine.dispose()
             self.engine = None
@@ -118,6 +130,7 @@ class SqlSink(Sink):
             "dialect": self.url.get_backend_name(),
             "table_prefix": self.table_prefix,
             "schema": self.schema,
+            "rollups": self.rollups_enabled,
         }
 
     # -- writing ---------------------------------------------------------------------------
@@ -139,7 +152,7 @@ class SqlSink(Sink):
             return
         if self._bulk is not None:
             groups = self._bulk.group(records)
-            self._run(self._bulk.insert, groups)
+            self._run(self._rolled_up(self._bulk.insert, records), groups)
             return
         batches: dict[TableRows, list[dict[str, Any]]] = defaultdict(list)
         try:
@@ -148,7 +161,33 @@ class SqlSink(Sink):
                 batches[rows].append(rows.row(record))
         except (ValidationError, ValueError, TypeError, AttributeError) as exc:
             raise PermanentError(f"record {record.get('id')!r}: {exc}") from exc
-        self._run(self._insert_all, batches)
+        self._run(self._rolled_up(self._insert_all, records), batches)
+
+    def _rolled_up(self, insert, records: list[dict[str, Any]]):
+        """``insert``, followed in its transaction by the rollups of the records it added."""
+        rollups = self._rollups
+        if rollups is None:
+            return insert
+
+        def insert_and_roll_up(connection: sa.Connection, batches) -> None:
+            stored = rollups.stored_ids(connection, records)
+            insert(connection, batches)
+            rollups.apply(connection, records, stored)
+
+        return insert_and_roll_up
+
+    def recompute_rollups(self, org: str, start, end) -> None:
+        """Rebuild ``org``'s rollups of days ``start`` … ``end`` (dates, inclusive) from the
+        raw tables, e.g. after rows were deleted; in one transaction."""
+        from cortex_sql.rollups import recompute
+
+        if self.engine is None:
+            raise RuntimeError(f"sink {self.name} is not open")
+        metadata = sa.MetaData()
+        raw = build_tables(metadata, self.table_prefix, self.schema)
+        rollup_tables = define_rollup_tables(metadata, self.table_prefix, self.schema)
+        with self.engine.begin() as connection:
+            recompute(connection, rollup_tables, raw, org, start, end)
 
     def _run(self, insert, batches) -> None:
         """``insert(connection, batches)`` in one transaction; data errors made permanent."""

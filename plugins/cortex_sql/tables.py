@@ -11,6 +11,8 @@ One table per event family, as a reporting user expects to find them:
 - ``interactions``: the generic interactions API (its ``type`` is ``event_type``)
 - ``ingest_errors``: rejected events, with their reasons, payload and bundle
 
+Besides these, the rollup tables of :mod:`cortex_sql.rollups` hold per-day aggregates.
+
 The column of every spec field is derived from its marshmallow field in
 :mod:`cortex.ingest.schemas` (``Text(n)`` → ``String(n)``, ``Number`` → ``Double`` (a ``Float``),
 ``Integer`` → ``BigInteger``, ``Timestamp`` → timezone-aware ``DateTime``, ``TagList`` →

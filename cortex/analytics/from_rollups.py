@@ -1,0 +1,271 @@
+"""Dashboard queries answered from the sink's rollup tables instead of the raw events.
+
+The rollups (:mod:`cortex_sql.rollups`) hold, per org and UTC day, event counts and revenue
+by app, type, kingdom, os, device type, country, app version and source; the exact set of
+devices active each day with their dimensions; and each device's first and install day.
+A query can be answered from them when its filters and grouping are among those
+dimensions and its range is whole days; :func:`usable` says so, or why not.  The answers
+are the same as from the raw events (the test suite compares both).
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime, time, timedelta, timezone
+from typing import Any
+
+import sqlalchemy as sa
+
+from cortex.analytics.scope import Scope
+from cortex.analytics.sqlfuncs import day_bucket
+
+TYPE_BITS = {"install": 1, "dau": 2, "event": 4, "economy": 8, "link": 16, "message_send": 32,
+             "message_click": 64, "experiment": 128}
+EVENT_DIMENSIONS = ("app", "type", "kingdom", "os", "device_type", "country", "app_ver", "source")
+DEVICE_DIMENSIONS = ("app", "os", "device_type", "country", "app_ver", "source")
+#: filter argument -> rollup column
+FILTERS = {"app": "app", "os": "os", "device_type": "device_type", "country": "country",
+           "app_ver": "app_ver", "source": "source", "event_type": "type", "kingdom": "kingdom"}
+#: filters no rollup holds
+RAW_ONLY_FILTERS = ("phylum", "class", "order", "family", "genus", "species")
+
+
+def _whole_days(filters: dict[str, Any]) -> bool:
+    return all(filters[k].time() == time.min for k in ("start", "end"))
+
+
+def _days(filters: dict[str, Any]) -> tuple[date, date]:
+    """The first and last day of the range (inclusive)."""
+    return filters["start"].date(), (filters["end"] - timedelta(days=1)).date()
+
+
+def usable(name: str, filters: dict[str, Any]) -> str | None:
+    """None when query ``name`` can be answered from the rollups, else the reason why not."""
+    if not _whole_days(filters):
+        return "the range is not whole UTC days"
+    if filters.get("bucket") == "hour":
+        return "rollups are per day"
+    if any(filters.get(k) for k in RAW_ONLY_FILTERS):
+        return "rollups hold no taxonomy level but kingdom"
+    types = filters.get("event_type") or []
+    unknown_types = [t for t in types if t not in TYPE_BITS]
+    if name in ("events", "counts"):
+        if name == "counts" and filters["by"] not in EVENT_DIMENSIONS:
+            return f"rollups are not grouped by {filters['by']}"
+        if name == "events" and (unknown_types or filters.get("kingdom")):
+            return "distinct devices per event type are kept for the Data Cortex types, without kingdom"
+        return None
+    if filters.get("kingdom"):
+        return "the daily active sets have no kingdom"
+    if name == "active-users":
+        if filters["by"] != "device":
+            return "the daily active sets are of devices"
+        return "the daily active sets know the Data Cortex types only" if unknown_types else None
+    if name == "revenue":
+        return None
+    if name == "breakdown":
+        if filters["dimension"] not in DEVICE_DIMENSIONS:
+            return f"distinct devices by {filters['dimension']} are not in the rollups"
+        return "the daily active sets know the Data Cortex types only" if unknown_types else None
+    if name == "retention":
+        return None
+    return "this query reads the raw events"
+
+
+def _where(table, filters: dict[str, Any], columns) -> list:
+    start, end = _days(filters)
+    conditions = [table.c.day >= start, table.c.day <= end]
+    for argument, column in FILTERS.items():
+        values = filters.get(argument)
+        if values and column in columns:
+            conditions.append(table.c[column].in_(values))
+    return conditions
+
+
+def _type_mask(filters: dict[str, Any]) -> int:
+    return sum(TYPE_BITS[t] for t in set(filters.get("event_type") or []))
+
+
+def _device_days(scope: Scope, filters: dict[str, Any]):
+    """The daily active sets, filtered (event types through the type bits)."""
+    table = scope.table("rollup_device_days")
+    conditions = _where(table, filters, DEVICE_DIMENSIONS)
+    mask = _type_mask(filters)
+    if mask:
+        conditions.append(table.c.types.op("&")(mask) != 0)
+    return table, conditions
+
+
+def _label(value) -> str:
+    return value.isoformat() if isinstance(value, date) else str(value)
+
+
+def event_summary(scope: Scope, filters: dict[str, Any]) -> dict[str, Any]:
+    """As :func:`cortex.analytics.counts.event_summary`, from the rollups."""
+    events = scope.table("rollup_events")
+    where = _where(events, filters, EVENT_DIMENSIONS)
+    period = day_bucket(scope.dialect, events.c.day, filters["bucket"]).label("period")
+    days, conditions = _device_days(scope, filters)
+    device_period = day_bucket(scope.dialect, days.c.day, filters["bucket"]).label("period")
+    with scope.connect() as conn:
+        counts = dict(conn.execute(sa.select(period, sa.func.sum(events.c.events)).where(*where).group_by(period)).all())
+        users = dict(conn.execute(
+            sa.select(device_period, sa.func.count(sa.distinct(days.c.device))).where(*conditions).group_by(device_period)
+        ).all())
+        total, revenue = conn.execute(sa.select(
+            sa.func.coalesce(sa.func.sum(events.c.events), 0), sa.func.coalesce(sa.func.sum(events.c.revenue_usd), 0.0)
+        ).where(*where)).one()
+        unique = conn.execute(sa.select(sa.func.count(sa.distinct(days.c.device))).where(*conditions)).scalar_one()
+    series = [{"period": _label(p), "count": int(counts[p]), "users": users.get(p, 0)} for p in sorted(counts)]
+    return {"total": int(total), "unique_users": unique, "revenue_usd": round(float(revenue), 6), "series": series}
+
+
+def event_counts(scope: Scope, filters: dict[str, Any]) -> dict[str, Any]:
+    """As :func:`cortex.analytics.counts.event_counts`, from the rollups."""
+    events = scope.table("rollup_events")
+    period = day_bucket(scope.dialect, events.c.day, filters["bucket"]).label("period")
+    value = events.c[filters["by"]]
+    query = (sa.select(value, period, sa.func.sum(events.c.events)).where(*_where(events, filters, EVENT_DIMENSIONS))
+             .group_by(value, period).order_by(value, period))
+    groups: dict[Any, dict[str, Any]] = {}
+    with scope.connect() as conn:
+        for group_value, period_value, count in conn.execute(query):
+            group_value = group_value or None  # "" is how the rollups store "none"
+            group = groups.setdefault(group_value, {"value": group_value, "total": 0, "series": []})
+            group["total"] += int(count)
+            group["series"].append({"period": _label(period_value), "count": int(count)})
+    for group in groups.values():
+        group["series"].sort(key=lambda p: p["period"])
+    ordered = sorted(groups.values(), key=lambda g: (-g["total"], str(g["value"])))
+    return {"by": filters["by"], "bucket": filters["bucket"], "total": sum(g["total"] for g in ordered), "groups": ordered}
+
+
+def _first_days(scope: Scope, filters: dict[str, Any], column: str):
+    """Per device, its first (or install) day in the app(s) asked for."""
+    devices = scope.table("rollup_devices")
+    query = sa.select(devices.c.device, sa.func.min(devices.c[column]).label("day"))
+    if filters.get("app"):
+        query = query.where(devices.c.app.in_(filters["app"]))
+    return query.group_by(devices.c.device)
+
+
+def active_users(scope: Scope, filters: dict[str, Any]) -> dict[str, Any]:
+    """As :func:`cortex.analytics.users.active_users` (by device), from the rollups."""
+    dialect = scope.dialect
+    days, conditions = _device_days(scope, filters)
+    period = day_bucket(dialect, days.c.day, filters["bucket"]).label("period")
+    active = sa.select(period, days.c.device).where(*conditions).distinct().subquery("active")
+    first = _first_days(scope, filters, "first_day").subquery("first_seen")
+    first_period = day_bucket(dialect, first.c.day, filters["bucket"])
+    query = (
+        sa.select(active.c.period, sa.func.count(),
+                  sa.func.sum(sa.case((first_period == active.c.period, 1), else_=0)))
+        .select_from(active.join(first, first.c.device == active.c.device))
+        .group_by(active.c.period).order_by(active.c.period)
+    )
+    with scope.connect() as conn:
+        series = [{"period": _label(p), "active": a, "new": int(n or 0), "returning": a - int(n or 0)}
+                  for p, a, n in conn.execute(query)]
+    return {"bucket": filters["bucket"], "by": "device", "series": series}
+
+
+def revenue(scope: Scope, filters: dict[str, Any]) -> dict[str, Any]:
+    """As :func:`cortex.analytics.revenue.revenue`, from the daily active sets."""
+    filters = {k: v for k, v in filters.items() if k != "event_type"}
+    days, conditions = _device_days(scope, filters)
+    period = day_bucket(scope.dialect, days.c.day, filters["bucket"]).label("period")
+    paying = sa.case((days.c.revenue_usd > 0, days.c.device), else_=None)
+    series_query = (
+        sa.select(period, sa.func.coalesce(sa.func.sum(days.c.revenue_usd), 0.0), sa.func.count(sa.distinct(paying)),
+                  sa.func.count(sa.distinct(days.c.device)))
+        .where(*conditions).group_by(period).order_by(period)
+    )
+    totals_query = sa.select(sa.func.coalesce(sa.func.sum(days.c.revenue_usd), 0.0), sa.func.count(sa.distinct(paying)),
+                             sa.func.count(sa.distinct(days.c.device))).where(*conditions)
+    daily = sa.select(days.c.day, sa.func.count(sa.distinct(days.c.device)).label("dau")).where(*conditions) \
+        .group_by(days.c.day).subquery("daily")
+    with scope.connect() as conn:
+        series = [
+            {"period": _label(p), "revenue_usd": round(float(r), 6), "paying_users": pu, "active_users": au,
+             "conversion_rate": round(pu / au, 6) if au else None}
+            for p, r, pu, au in conn.execute(series_query)
+        ]
+        total, paying_users, active = conn.execute(totals_query).one()
+        dau_sum = int(conn.execute(sa.select(sa.func.coalesce(sa.func.sum(daily.c.dau), 0))).scalar_one())
+    total = float(total)
+    return {"revenue_usd": round(total, 6), "paying_users": paying_users, "active_users": active,
+            "arpdau": round(total / dau_sum, 6) if dau_sum else None,
+            "conversion_rate": round(paying_users / active, 6) if active else None, "series": series}
+
+
+def breakdown(scope: Scope, filters: dict[str, Any]) -> dict[str, Any]:
+    """As :func:`cortex.analytics.counts.breakdown`, from the rollups."""
+    dimension = filters["dimension"]
+    events = scope.table("rollup_events")
+    days, conditions = _device_days(scope, filters)
+    with scope.connect() as conn:
+        totals = {v: (int(e), float(r)) for v, e, r in conn.execute(
+            sa.select(events.c[dimension], sa.func.sum(events.c.events), sa.func.sum(events.c.revenue_usd))
+            .where(*_where(events, filters, EVENT_DIMENSIONS)).group_by(events.c[dimension]))}
+        users = dict(conn.execute(
+            sa.select(days.c[dimension], sa.func.count(sa.distinct(days.c.device)))
+            .where(*conditions).group_by(days.c[dimension])).all())
+    rows = [{"value": value or None, "events": e, "users": users.get(value, 0), "revenue_usd": round(r, 6)}
+            for value, (e, r) in totals.items()]
+    rows.sort(key=lambda row: (-row["events"], row["value"] is None, str(row["value"])))
+    return {"dimension": dimension, "rows": rows[: filters["limit"]]}
+
+
+def retention(scope: Scope, filters: dict[str, Any]) -> dict[str, Any]:
+    """As :func:`cortex.analytics.users.retention`, from the devices' install days and the
+    daily active sets (the other filters choose devices by their install day's dimensions)."""
+    days_wanted = sorted({int(d) for d in filters["days"]})
+    first, last = _days(filters)
+    installs = _first_days(scope, filters, "install_day").subquery("installs")
+    cohorts = sa.select(installs.c.device, installs.c.day).where(installs.c.day >= first, installs.c.day <= last)
+    device_days = scope.table("rollup_device_days")
+    dimensions = {k: v for k, v in filters.items() if k in DEVICE_DIMENSIONS and k != "app" and v}
+    if dimensions:
+        on_install = sa.select(device_days.c.device).where(
+            device_days.c.day == installs.c.day, device_days.c.device == installs.c.device,
+            *(device_days.c[k].in_(v) for k, v in dimensions.items()))
+        cohorts = cohorts.where(sa.exists(on_install))
+    cohorts = cohorts.subquery("cohorts")
+    activity = sa.select(device_days.c.device, device_days.c.day).where(
+        device_days.c.day > first, device_days.c.day <= last + timedelta(days=max(days_wanted)))
+    if filters.get("app"):
+        activity = activity.where(device_days.c.app.in_(filters["app"]))
+    activity = activity.distinct().subquery("activity")
+    results: dict[tuple[date, int], int] = {}
+    with scope.connect() as conn:
+        sizes = dict(conn.execute(sa.select(cohorts.c.day, sa.func.count()).group_by(cohorts.c.day)).all())
+        for day in days_wanted:
+            shifted = _shift(scope.dialect, cohorts.c.day, day)
+            query = (sa.select(cohorts.c.day, sa.func.count(sa.distinct(cohorts.c.device)))
+                     .select_from(cohorts.join(activity, (activity.c.device == cohorts.c.device) & (activity.c.day == shifted)))
+                     .group_by(cohorts.c.day))
+            for cohort, count in conn.execute(query):
+                results[(_as_date(cohort), day)] = count
+    today = datetime.now(timezone.utc).date()
+    answer = []
+    for cohort in sorted(sizes, key=_as_date):
+        cohort_day, size = _as_date(cohort), sizes[cohort]
+        row = {"cohort": cohort_day.isoformat(), "size": size, "retained": {}}
+        for day in days_wanted:
+            if cohort_day + timedelta(days=day) >= today:
+                row["retained"][str(day)] = {"users": None, "rate": None}
+            else:
+                users = results.get((cohort_day, day), 0)
+                row["retained"][str(day)] = {"users": users, "rate": round(users / size, 4) if size else None}
+        answer.append(row)
+    return {"days": days_wanted, "cohorts": answer}
+
+
+def _as_date(value) -> date:
+    return value if isinstance(value, date) else date.fromisoformat(str(value))
+
+
+def _shift(dialect: str, day, offset: int):
+    """``day`` plus ``offset`` days, as the rollups store days."""
+    if dialect == "sqlite":
+        return sa.func.date(day, f"+{offset} days")
+    return day + offset
