@@ -220,6 +220,7 @@ ROLLUP_CASES = [
     ("active-users", {"event_type": "economy"}), ("active-users", {"os": "android"}),
     ("revenue", {}), ("revenue", {"country": "US", "bucket": "month"}),
     ("breakdown", {"dimension": "os"}), ("breakdown", {"dimension": "country", "event_type": "economy"}),
+    ("breakdown", {"dimension": "app", "os": "ios"}), ("counts", {"by": "os", "os": "ios,android"}),
     ("retention", {"days": "1,7"}), ("retention", {"days": "1", "os": "ios"}),
     ("retention", {"days": "1,7,30", "start_date": "2024-06-02"}),
 ]
@@ -237,6 +238,9 @@ def test_auto_uses_rollups_when_it_can_and_says_why_not(world):
     assert query(world, "events", "viewer")["answered_from"] == "rollups"
     assert query(world, "events", "viewer", bucket="hour")["answered_from"] == "raw"
     assert query(world, "counts", "viewer", by="phylum")["answered_from"] == "raw"
+    # event counts are sliced by one dimension at a time; distinct devices by any
+    assert query(world, "events", "viewer", os="ios", country="US")["answered_from"] == "raw"
+    assert query(world, "active-users", "viewer", os="ios", country="US")["answered_from"] == "rollups"
     cortex, tokens = world
     refused = get(cortex, "/api/v1/analytics/events", tokens["viewer"], **RANGE, bucket="hour", use="rollups")
     assert refused.status_code == 400 and "per day" in refused.json["reasons"]["use"][0]

@@ -22,6 +22,8 @@ TYPE_BITS = {"install": 1, "dau": 2, "event": 4, "economy": 8, "link": 16, "mess
              "message_click": 64, "experiment": 128}
 EVENT_DIMENSIONS = ("app", "type", "kingdom", "os", "device_type", "country", "app_ver", "source")
 DEVICE_DIMENSIONS = ("app", "os", "device_type", "country", "app_ver", "source")
+#: the dimensions ``rollup_events`` keeps in slices of their own (one at a time)
+SLICED = ("os", "device_type", "country", "app_ver", "source")
 #: filter argument -> rollup column
 FILTERS = {"app": "app", "os": "os", "device_type": "device_type", "country": "country",
            "app_ver": "app_ver", "source": "source", "event_type": "type", "kingdom": "kingdom"}
@@ -48,6 +50,9 @@ def usable(name: str, filters: dict[str, Any]) -> str | None:
         return "rollups hold no taxonomy level but kingdom"
     types = filters.get("event_type") or []
     unknown_types = [t for t in types if t not in TYPE_BITS]
+    group = {"counts": filters.get("by"), "breakdown": filters.get("dimension")}.get(name)
+    if name in ("events", "counts", "breakdown") and len(_sliced(filters, group)) > 1:
+        return "event counts are kept per one of os, device_type, country, app_ver and source at a time"
     if name in ("events", "counts"):
         if name == "counts" and filters["by"] not in EVENT_DIMENSIONS:
             return f"rollups are not grouped by {filters['by']}"
@@ -69,6 +74,29 @@ def usable(name: str, filters: dict[str, Any]) -> str | None:
     if name == "retention":
         return None
     return "this query reads the raw events"
+
+
+def _sliced(filters: dict[str, Any], group: str | None = None) -> set[str]:
+    """The sliced dimensions a question involves (as a filter or a grouping)."""
+    wanted = {name for name in SLICED if filters.get(name)}
+    if group in SLICED:
+        wanted.add(group)
+    return wanted
+
+
+def _event_where(events, filters: dict[str, Any], group: str | None = None) -> list:
+    """Conditions on ``rollup_events``: the range, app, type, kingdom, and the one slice."""
+    conditions = _where(events, filters, ("app", "type", "kingdom"))
+    (dimension,) = _sliced(filters, group) or {""}
+    conditions.append(events.c.dimension == dimension)
+    if dimension and filters.get(dimension):
+        conditions.append(events.c.value.in_(filters[dimension]))
+    return conditions
+
+
+def _event_column(events, name: str):
+    """The column of ``rollup_events`` holding dimension ``name`` (a slice's ``value``)."""
+    return events.c.value if name in SLICED else events.c[name]
 
 
 def _where(table, filters: dict[str, Any], columns) -> list:
@@ -102,7 +130,7 @@ def _label(value) -> str:
 def event_summary(scope: Scope, filters: dict[str, Any]) -> dict[str, Any]:
     """As :func:`cortex.analytics.counts.event_summary`, from the rollups."""
     events = scope.table("rollup_events")
-    where = _where(events, filters, EVENT_DIMENSIONS)
+    where = _event_where(events, filters)
     period = day_bucket(scope.dialect, events.c.day, filters["bucket"]).label("period")
     days, conditions = _device_days(scope, filters)
     device_period = day_bucket(scope.dialect, days.c.day, filters["bucket"]).label("period")
@@ -123,8 +151,8 @@ def event_counts(scope: Scope, filters: dict[str, Any]) -> dict[str, Any]:
     """As :func:`cortex.analytics.counts.event_counts`, from the rollups."""
     events = scope.table("rollup_events")
     period = day_bucket(scope.dialect, events.c.day, filters["bucket"]).label("period")
-    value = events.c[filters["by"]]
-    query = (sa.select(value, period, sa.func.sum(events.c.events)).where(*_where(events, filters, EVENT_DIMENSIONS))
+    value = _event_column(events, filters["by"])
+    query = (sa.select(value, period, sa.func.sum(events.c.events)).where(*_event_where(events, filters, filters["by"]))
              .group_by(value, period).order_by(value, period))
     groups: dict[Any, dict[str, Any]] = {}
     with scope.connect() as conn:
@@ -204,8 +232,8 @@ def breakdown(scope: Scope, filters: dict[str, Any]) -> dict[str, Any]:
     days, conditions = _device_days(scope, filters)
     with scope.connect() as conn:
         totals = {v: (int(e), float(r)) for v, e, r in conn.execute(
-            sa.select(events.c[dimension], sa.func.sum(events.c.events), sa.func.sum(events.c.revenue_usd))
-            .where(*_where(events, filters, EVENT_DIMENSIONS)).group_by(events.c[dimension]))}
+            sa.select(_event_column(events, dimension), sa.func.sum(events.c.events), sa.func.sum(events.c.revenue_usd))
+            .where(*_event_where(events, filters, dimension)).group_by(_event_column(events, dimension)))}
         users = dict(conn.execute(
             sa.select(days.c[dimension], sa.func.count(sa.distinct(days.c.device)))
             .where(*conditions).group_by(days.c[dimension])).all())

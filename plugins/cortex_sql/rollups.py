@@ -7,8 +7,13 @@ each batch the sink writes, for the records that batch really added (a batch the
 dispatcher sends again adds nothing twice):
 
 ``rollup_events``
-    one row per org, UTC day, app, event type, ``kingdom``, ``os``, ``device_type``,
-    ``country``, ``app_ver`` and ``source``: the number of events and their USD revenue.
+    the number of events and their USD revenue per org, UTC day, app, event type and
+    ``kingdom``, in slices: ``dimension = ""`` holds the totals, and for each of ``os``,
+    ``device_type``, ``country``, ``app_ver`` and ``source`` (:data:`SLICED`) the rows with
+    ``dimension`` set to its name hold the numbers per ``value`` of it.  One slice per
+    dimension, rather than one row per combination of all of them, keeps the table small
+    (a combination of all five is nearly one row per event); a question about two of these
+    dimensions at once is answered from the raw events.
 ``rollup_device_days``
     the exact daily active set: one row per org, day, app and device, with that day's
     events, revenue, the event types seen (a bit mask, :data:`TYPE_BITS`) and the device's
@@ -39,10 +44,11 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 __all__ = ["DIMENSIONS", "ROLLUP_TABLES", "TYPE_BITS", "RollupWriter", "define_rollup_tables", "recompute"]
 
-#: the dimensions of ``rollup_events`` (besides org, day and app)
-DIMENSIONS = ("type", "kingdom", "os", "device_type", "country", "app_ver", "source")
-#: the dimensions a device-day row carries
-DEVICE_DIMENSIONS = ("os", "device_type", "country", "app_ver", "source")
+#: the key columns of ``rollup_events`` besides org, day and app
+DIMENSIONS = ("type", "kingdom", "dimension", "value")
+#: the dimensions sliced in ``rollup_events``, and carried by each device-day row
+SLICED = ("os", "device_type", "country", "app_ver", "source")
+DEVICE_DIMENSIONS = SLICED
 
 #: event type -> its bit in ``rollup_device_days.types``; every other type (generic API) is OTHER
 TYPE_BITS = {"install": 1, "dau": 2, "event": 4, "economy": 8, "link": 16, "message_send": 32,
@@ -67,8 +73,8 @@ def define_rollup_tables(metadata: sa.MetaData, prefix: str = "", schema: str | 
         prefix + "rollup_events", metadata,
         sa.Column("org", sa.String(64), nullable=False),
         sa.Column("day", sa.Date, nullable=False),
-        _dimension("app", 64), _dimension("type", 64), _dimension("kingdom", 32), _dimension("os", 16),
-        _dimension("device_type", 16), _dimension("country", 2), _dimension("app_ver", 16), _dimension("source", 256),
+        _dimension("app", 64), _dimension("type", 64), _dimension("kingdom", 32),
+        _dimension("dimension", 16), _dimension("value", 256),
         sa.Column("events", sa.BigInteger, nullable=False),
         sa.Column("revenue_usd", sa.Double, nullable=False),
         sa.PrimaryKeyConstraint("org", "day", "app", *DIMENSIONS, name=f"pk_{prefix}rollup_events"),
@@ -241,13 +247,14 @@ class RollupWriter:
             row = normalise(record)
             if row is None:
                 continue
-            key = (row["org"], row["day"], row["app"], *(row[d] for d in DIMENSIONS))
-            totals = events.get(key)
-            if totals is None:
-                events[key] = [1, row["revenue_usd"]]
-            else:
-                totals[0] += 1
-                totals[1] += row["revenue_usd"]
+            head = (row["org"], row["day"], row["app"], row["type"], row["kingdom"])
+            for key in (head + ("", ""), *(head + (d, row[d]) for d in SLICED)):
+                totals = events.get(key)
+                if totals is None:
+                    events[key] = [1, row["revenue_usd"]]
+                else:
+                    totals[0] += 1
+                    totals[1] += row["revenue_usd"]
             bit = TYPE_BITS.get(row["type"], OTHER_TYPE_BIT)
             key = (row["org"], row["day"], row["app"], row["device"])
             day = device_days.get(key)
@@ -355,12 +362,15 @@ def recompute(connection: sa.Connection, tables: dict[str, sa.Table], raw: dict[
     for table in (events, device_days):
         connection.execute(table.delete().where(table.c.org == org, table.c.day >= start, table.c.day <= end))
     stream = _raw_stream(dialect, raw, org, start, end)
-    keys = [stream.c.day, stream.c.app, *(stream.c[d] for d in DIMENSIONS)]
-    connection.execute(events.insert().from_select(
-        ["org", "day", "app", *DIMENSIONS, "events", "revenue_usd"],
-        sa.select(sa.literal(org), *keys, sa.func.count(), sa.func.coalesce(sa.func.sum(stream.c.revenue_usd), 0.0))
-        .group_by(*keys),
-    ))
+    head = [stream.c.day, stream.c.app, stream.c.type, stream.c.kingdom]
+    for dimension in ("", *SLICED):
+        value = stream.c[dimension] if dimension else sa.literal("")
+        connection.execute(events.insert().from_select(
+            ["org", "day", "app", *DIMENSIONS, "events", "revenue_usd"],
+            sa.select(sa.literal(org), *head, sa.literal(dimension), value, sa.func.count(),
+                      sa.func.coalesce(sa.func.sum(stream.c.revenue_usd), 0.0))
+            .group_by(*head, value),
+        ))
     bit = _type_bit(stream.c.type)
     mask = sum(sa.func.max(sa.case((bit == value, value), else_=0)) for value in (*TYPE_BITS.values(), OTHER_TYPE_BIT))
     day_keys = [stream.c.day, stream.c.app, stream.c.device]

@@ -31,12 +31,12 @@ def upgrade() -> None:
         prefix + "rollup_events",
         sa.Column("org", sa.String(64), nullable=False),
         sa.Column("day", sa.Date, nullable=False),
-        _dimension("app", 64), _dimension("type", 64), _dimension("kingdom", 32), _dimension("os", 16),
-        _dimension("device_type", 16), _dimension("country", 2), _dimension("app_ver", 16), _dimension("source", 256),
+        _dimension("app", 64), _dimension("type", 64), _dimension("kingdom", 32),
+        _dimension("dimension", 16), _dimension("value", 256),
         sa.Column("events", sa.BigInteger, nullable=False),
         sa.Column("revenue_usd", sa.Double, nullable=False),
-        sa.PrimaryKeyConstraint("org", "day", "app", "type", "kingdom", "os", "device_type", "country", "app_ver",
-                                "source", name=f"pk_{prefix}rollup_events"),
+        sa.PrimaryKeyConstraint("org", "day", "app", "type", "kingdom", "dimension", "value",
+                                name=f"pk_{prefix}rollup_events"),
         schema=schema,
     )
     op.create_table(
