@@ -177,22 +177,16 @@ def _first_days(scope: Scope, filters: dict[str, Any], column: str):
 
 
 def active_users(scope: Scope, filters: dict[str, Any]) -> dict[str, Any]:
-    """As :func:`cortex.analytics.users.active_users` (by device), from the rollups."""
-    dialect = scope.dialect
+    """As :func:`cortex.analytics.users.active_users` (by device), from the daily active sets."""
     days, conditions = _device_days(scope, filters)
-    period = day_bucket(dialect, days.c.day, filters["bucket"]).label("period")
-    active = sa.select(period, days.c.device).where(*conditions).distinct().subquery("active")
-    first = _first_days(scope, filters, "first_day").subquery("first_seen")
-    first_period = day_bucket(dialect, first.c.day, filters["bucket"])
+    period = day_bucket(scope.dialect, days.c.day, filters["bucket"]).label("period")
+    new = sa.case((days.c.is_first == 1, days.c.device), else_=None)
     query = (
-        sa.select(active.c.period, sa.func.count(),
-                  sa.func.sum(sa.case((first_period == active.c.period, 1), else_=0)))
-        .select_from(active.join(first, first.c.device == active.c.device))
-        .group_by(active.c.period).order_by(active.c.period)
+        sa.select(period, sa.func.count(sa.distinct(days.c.device)), sa.func.count(sa.distinct(new)))
+        .where(*conditions).group_by(period).order_by(period)
     )
     with scope.connect() as conn:
-        series = [{"period": _label(p), "active": a, "new": int(n or 0), "returning": a - int(n or 0)}
-                  for p, a, n in conn.execute(query)]
+        series = [{"period": _label(p), "active": a, "new": n, "returning": a - n} for p, a, n in conn.execute(query)]
     return {"bucket": filters["bucket"], "by": "device", "series": series}
 
 
@@ -258,19 +252,16 @@ def retention(scope: Scope, filters: dict[str, Any]) -> dict[str, Any]:
             *(device_days.c[k].in_(v) for k, v in dimensions.items()))
         cohorts = cohorts.where(sa.exists(on_install))
     cohorts = cohorts.subquery("cohorts")
-    activity = sa.select(device_days.c.device, device_days.c.day).where(
-        device_days.c.day > first, device_days.c.day <= last + timedelta(days=max(days_wanted)))
-    if filters.get("app"):
-        activity = activity.where(device_days.c.app.in_(filters["app"]))
-    activity = activity.distinct().subquery("activity")
     results: dict[tuple[date, int], int] = {}
     with scope.connect() as conn:
         sizes = dict(conn.execute(sa.select(cohorts.c.day, sa.func.count()).group_by(cohorts.c.day)).all())
         for day in days_wanted:
             shifted = _shift(scope.dialect, cohorts.c.day, day)
+            on = (device_days.c.device == cohorts.c.device) & (device_days.c.day == shifted)
+            if filters.get("app"):
+                on = on & device_days.c.app.in_(filters["app"])
             query = (sa.select(cohorts.c.day, sa.func.count(sa.distinct(cohorts.c.device)))
-                     .select_from(cohorts.join(activity, (activity.c.device == cohorts.c.device) & (activity.c.day == shifted)))
-                     .group_by(cohorts.c.day))
+                     .select_from(cohorts.join(device_days, on)).group_by(cohorts.c.day))
             for cohort, count in conn.execute(query):
                 results[(_as_date(cohort), day)] = count
     today = datetime.now(timezone.utc).date()

@@ -15,34 +15,28 @@ from cortex.analytics.stream import FILTER_COLUMNS, event_stream
 def active_users(scope: Scope, filters: dict[str, Any]) -> dict[str, Any]:
     """Distinct active devices (or users) per bucket; ``new`` were first seen in that bucket.
 
-    A device is new in the bucket of its first event ever in the app(s) asked for (any
-    type, any date, whatever the other filters), so that a filtered range still tells new
-    from returning correctly.
+    A device is new in the bucket of its first event ever in an app (any type, any date,
+    whatever the other filters), counted when it was active in that app in the bucket, so
+    that a filtered range still tells new from returning correctly.
     """
     who = filters["by"]
     stream = event_stream(scope, filters)
     history = event_stream(scope, _history_filters(filters), with_time_range=False)
     first_seen = (
-        sa.select(history.c[who].label("who"), sa.func.min(history.c.time).label("first"))
-        .group_by(history.c[who]).subquery("first_seen")
+        sa.select(history.c.app.label("app"), history.c[who].label("who"), sa.func.min(history.c.time).label("first"))
+        .group_by(history.c.app, history.c[who]).subquery("first_seen")
     )
     period = bucket(scope.dialect, stream.c.time, filters["bucket"]).label("period")
-    active = sa.select(period, stream.c[who].label("who")).distinct().subquery("active")
+    active = sa.select(period, stream.c.app.label("app"), stream.c[who].label("who")).distinct().subquery("active")
     first_period = bucket(scope.dialect, first_seen.c.first, filters["bucket"])
+    new = sa.case((first_period == active.c.period, active.c.who), else_=None)
     query = (
-        sa.select(
-            active.c.period,
-            sa.func.count().label("active"),
-            sa.func.sum(sa.case((first_period == active.c.period, 1), else_=0)).label("new"),
-        )
-        .select_from(active.join(first_seen, first_seen.c.who == active.c.who))
+        sa.select(active.c.period, sa.func.count(sa.distinct(active.c.who)), sa.func.count(sa.distinct(new)))
+        .select_from(active.join(first_seen, (first_seen.c.who == active.c.who) & (first_seen.c.app == active.c.app)))
         .group_by(active.c.period).order_by(active.c.period)
     )
     with scope.connect() as conn:
-        series = [
-            {"period": p, "active": a, "new": int(n or 0), "returning": a - int(n or 0)}
-            for p, a, n in conn.execute(query)
-        ]
+        series = [{"period": p, "active": a, "new": n, "returning": a - n} for p, a, n in conn.execute(query)]
     return {"bucket": filters["bucket"], "by": who, "series": series}
 
 

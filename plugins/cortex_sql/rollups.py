@@ -18,7 +18,8 @@ dispatcher sends again adds nothing twice):
     the exact daily active set: one row per org, day, app and device, with that day's
     events, revenue, the event types seen (a bit mask, :data:`TYPE_BITS`) and the device's
     ``os``, ``device_type``, ``country``, ``app_ver`` and ``source`` that day (the greatest
-    value seen that day, so that the order events arrive in does not matter).
+    value seen that day, so that the order events arrive in does not matter).  ``is_first``
+    is 1 on the device's first day in the app (new devices are counted without a join).
 ``rollup_devices``
     one row per org, app and device: the first day it was seen and the day of its first
     ``install`` (for new-vs-returning and retention cohorts).
@@ -91,7 +92,9 @@ def define_rollup_tables(metadata: sa.MetaData, prefix: str = "", schema: str | 
         sa.Column("events", sa.BigInteger, nullable=False),
         sa.Column("revenue_usd", sa.Double, nullable=False),
         sa.Column("types", sa.Integer, nullable=False),
+        sa.Column("is_first", sa.SmallInteger, nullable=False, server_default="0"),
         sa.PrimaryKeyConstraint("org", "day", "app", "device", name=f"pk_{prefix}rollup_device_days"),
+        sa.Index(f"ix_{prefix}rollup_device_days_org_device", "org", "device", "day"),
         schema=schema,
     )
     devices = sa.Table(
@@ -202,7 +205,17 @@ class RollupWriter:
             set_={"events": device_days.c.events + stmt.excluded.events,
                   "revenue_usd": device_days.c.revenue_usd + stmt.excluded.revenue_usd,
                   "types": device_days.c.types.op("|")(stmt.excluded.types),
+                  "is_first": sa.case((stmt.excluded.is_first > device_days.c.is_first, stmt.excluded.is_first),
+                                      else_=device_days.c.is_first),
                   **{d: _greatest(dialect_name, device_days.c[d], stmt.excluded[d]) for d in DEVICE_DIMENSIONS}},
+        )
+        self.device_days_table = device_days
+        self.devices_table = devices
+        self.demote = (
+            device_days.update()
+            .where(device_days.c.org == sa.bindparam("b_org"), device_days.c.app == sa.bindparam("b_app"),
+                   device_days.c.device == sa.bindparam("b_device"), device_days.c.day == sa.bindparam("b_day"))
+            .values(is_first=0)
         )
         stmt = insert(devices)
         self.devices = stmt.on_conflict_do_update(
@@ -260,7 +273,7 @@ class RollupWriter:
             day = device_days.get(key)
             if day is None:
                 device_days[key] = {**{d: row[d] for d in DEVICE_DIMENSIONS}, "events": 1,
-                                    "revenue_usd": row["revenue_usd"], "types": bit}
+                                    "revenue_usd": row["revenue_usd"], "types": bit, "is_first": 0}
             else:
                 day["events"] += 1
                 day["revenue_usd"] += row["revenue_usd"]
@@ -279,6 +292,7 @@ class RollupWriter:
                     first[1] = install if first[1] is None else min(first[1], install)
         if not events:
             return
+        self._mark_first_days(connection, device_days, devices)
         connection.execute(self.events, [
             {"org": k[0], "day": k[1], "app": k[2], **dict(zip(DIMENSIONS, k[3:])), "events": v[0], "revenue_usd": v[1]}
             for k, v in events.items()
@@ -290,6 +304,36 @@ class RollupWriter:
             {"org": k[0], "app": k[1], "device": k[2], "first_day": v[0], "install_day": v[1]}
             for k, v in devices.items()
         ])
+
+
+    def _first_days_stored(self, connection: sa.Connection, keys: list[tuple]) -> dict[tuple, date]:
+        devices = self.devices_table
+        found: dict[tuple, date] = {}
+        columns = sa.tuple_(devices.c.org, devices.c.app, devices.c.device)
+        for start in range(0, len(keys), 300):
+            query = sa.select(devices.c.org, devices.c.app, devices.c.device, devices.c.first_day).where(
+                columns.in_(keys[start:start + 300]))
+            for org, app, device, first_day in connection.execute(query):
+                found[(org, app, device)] = _as_date(first_day)
+        return found
+
+    def _mark_first_days(self, connection: sa.Connection, device_days: dict, devices: dict) -> None:
+        """Set ``is_first`` on the batch's device-days that are a device's first, and clear
+        it on the day that was first until now."""
+        stored = self._first_days_stored(connection, list(devices))
+        demoted = []
+        for (org, app, device), (first_day, _) in devices.items():
+            before = stored.get((org, app, device))
+            if before is None or first_day < before:
+                device_days[(org, first_day, app, device)]["is_first"] = 1
+                if before is not None:
+                    demoted.append({"b_org": org, "b_app": app, "b_device": device, "b_day": before})
+        if demoted:
+            connection.execute(self.demote, demoted)
+
+
+def _as_date(value: Any) -> date:
+    return value if isinstance(value, date) else date.fromisoformat(str(value))
 
 
 # -- from the raw tables ----------------------------------------------------------------------
@@ -391,3 +435,11 @@ def recompute(connection: sa.Connection, tables: dict[str, sa.Table], raw: dict[
         .where(device_days.c.org == org)
         .group_by(device_days.c.app, device_days.c.device),
     ))
+    first_day = (
+        sa.select(devices.c.first_day)
+        .where(devices.c.org == device_days.c.org, devices.c.app == device_days.c.app,
+               devices.c.device == device_days.c.device)
+        .scalar_subquery()
+    )
+    connection.execute(device_days.update().where(device_days.c.org == org)
+                       .values(is_first=sa.case((device_days.c.day == first_day, 1), else_=0)))

@@ -50,9 +50,12 @@ def upgrade() -> None:
         sa.Column("events", sa.BigInteger, nullable=False),
         sa.Column("revenue_usd", sa.Double, nullable=False),
         sa.Column("types", sa.Integer, nullable=False),
+        sa.Column("is_first", sa.SmallInteger, nullable=False, server_default="0"),
         sa.PrimaryKeyConstraint("org", "day", "app", "device", name=f"pk_{prefix}rollup_device_days"),
         schema=schema,
     )
+    op.create_index(f"ix_{prefix}rollup_device_days_org_device", prefix + "rollup_device_days",
+                    ["org", "device", "day"], schema=schema)
     op.create_table(
         prefix + "rollup_devices",
         sa.Column("org", sa.String(64), nullable=False),
