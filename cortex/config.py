@@ -71,6 +71,28 @@ DEFAULTS: dict[str, Any] = {
     },
     "enrichers": {},
     "logging": {"level": "INFO"},
+    "retention": {
+        # days after which stored events go, for every table of every org (0: keep forever)
+        "events_days": 0,
+        # table -> days ("files": the file sink's day files), and org -> {events_days, tables}
+        "tables": {},
+        "orgs": {},
+        # the queue's dead-letter store and ingest error log
+        "dead_letter_days": 90,
+        "ingest_error_days": 90,
+        # items deleted per statement, seconds between runs, seconds a run may hold a sink
+        "batch_size": 1000,
+        "interval": 3600,
+        "max_seconds": 2.0,
+    },
+    "privacy": {
+        # drop events of people with a tombstone (recorded by `cortex privacy delete`)
+        "drop_tombstoned": True,
+        # seconds a deletion waits for the dispatcher to do its part
+        "wait_seconds": 60,
+        # org -> bearer token of the org's admin for /api/v1/privacy (a secret reference)
+        "admin_tokens": {},
+    },
 }
 
 
