@@ -130,9 +130,9 @@ class SinkRunner:
                 self.privacy.finish_erasure(row_id, removed)
         return len(pending)
 
-    def run_retention(self, until_done: bool = False) -> int:
-        """Expire the sink's old records when a run is due; returns how many items went."""
-        if not self.retention.due():
+    def run_retention(self, until_done: bool = False, force: bool = False) -> int:
+        """Expire the sink's old records when a run is due (or ``force``); returns how many items went."""
+        if not self.retention.capable or not (force or self.retention.due()):
             return 0
         try:
             return self.retention.run(until_done)
@@ -235,7 +235,7 @@ class Dispatcher:
                         raise TimeoutError(f"sink {runner.sink.name} did not catch up within {timeout}s")
                     runner.step()
                 runner.run_erasures()
-                runner.run_retention(until_done=True)
+                runner.run_retention(until_done=True, force=True)
             self.housekeep()
             expire_queue_logs(self.state)
         finally:
