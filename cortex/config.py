@@ -241,7 +241,20 @@ def finish(config: dict) -> dict:
     _check_number(config, "ingest", "max_body_bytes", minimum=1024)
     _check_number(config, "ingest", "max_events_per_bundle", minimum=1)
     _check_number(config, "server", "workers", minimum=1)
+    _check_retention(config)
     return config
+
+
+def _check_retention(config: dict) -> None:
+    from cortex.retention import RetentionPolicy
+
+    for key in ("events_days", "dead_letter_days", "ingest_error_days", "interval", "max_seconds"):
+        _check_number(config, "retention", key, minimum=0)
+    _check_number(config, "retention", "batch_size", minimum=1)
+    try:
+        RetentionPolicy(config["retention"])
+    except (ValueError, TypeError, AttributeError) as error:
+        raise ConfigError(f"{error}; e.g. [retention.tables] app_logs = 30") from None
 
 
 def _check_number(config: dict, section: str, key: str, minimum: float) -> None:

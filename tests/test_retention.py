@@ -156,3 +156,12 @@ def test_retention_cli_refuses_while_a_dispatcher_runs(cortex):
         assert result.exit_code == 1 and "applies retention itself" in result.output
     finally:
         lock.release()
+
+
+def test_bad_retention_settings_are_refused_at_start(make_cortex):
+    from cortex.config import ConfigError
+
+    with pytest.raises(ConfigError, match="retention.events_days must be a number"):
+        make_cortex(retention={"events_days": "a year"})
+    with pytest.raises(ConfigError, match="retention.orgs.acme.tables.links must be a number of days"):
+        make_cortex(retention={"orgs": {"acme": {"tables": {"links": -1}}}})

@@ -22,6 +22,9 @@ from cortex_sql.rows import TableRows
 
 __all__ = ["delete_subject", "expire", "export_subject", "time_column"]
 
+#: ids deleted per statement
+_ID_CHUNK = 500
+
 
 def subject_clause(rows: TableRows, subject: Subject) -> sa.ColumnElement[bool] | None:
     """The WHERE clause selecting the subject's rows of one table (None: it cannot have any)."""
@@ -51,7 +54,23 @@ def export_subject(engine: sa.Engine, tables: Iterable[TableRows], subject: Subj
 
 
 def delete_subject(engine: sa.Engine, tables: Iterable[TableRows], subject: Subject) -> int:
-    """Delete the subject's rows of every table in one transaction; returns how many."""
+    """Delete the subject's rows of every table in one transaction; returns how many.
+
+    The rows are found first, outside the transaction (no table has an index on the
+    identifiers: finding them reads whole tables), then deleted by id, so that the write
+    lock is held only for the deletion itself.  The caller is the sink's only writer.
+    """
+    tables = list(tables)
+    doomed: list[tuple[TableRows, list[str]]] = []
+    with engine.connect() as connection:
+        for rows in tables:
+            clause = subject_clause(rows, subject)
+            if clause is not None:
+                ids = list(connection.scalars(sa.select(rows.table.c.id).where(clause)))
+                if ids:
+                    doomed.append((rows, ids))
+    if not doomed:
+        return 0
     sqlite = engine.dialect.name == "sqlite"
     removed = 0
     with engine.connect() as connection:
@@ -60,14 +79,15 @@ def delete_subject(engine: sa.Engine, tables: Iterable[TableRows], subject: Subj
             raw.execute("PRAGMA secure_delete = ON")
         try:
             with connection.begin():
-                for rows in tables:
-                    clause = subject_clause(rows, subject)
-                    if clause is not None:
-                        removed += connection.execute(rows.table.delete().where(clause)).rowcount
+                for rows, ids in doomed:
+                    for start in range(0, len(ids), _ID_CHUNK):
+                        chunk = ids[start:start + _ID_CHUNK]
+                        statement = rows.table.delete().where(rows.table.c.id.in_(chunk))
+                        removed += connection.execute(statement).rowcount
         finally:
             if sqlite:
                 raw.execute("PRAGMA secure_delete = OFF")
-        if sqlite and removed:
+        if sqlite:
             # the WAL still holds the pages as they were before: copy back and empty it
             raw.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     return removed
