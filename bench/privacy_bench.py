@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import tempfile
 import time
 from datetime import datetime, timedelta, timezone
@@ -61,18 +62,21 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="cortex-privacy-bench-"))
     print(f"events: {n}; data under {root}\n")
 
-    # 1. delivery with and without tombstones
-    rows = []
-    for label, tombstones in (("no tombstone (baseline)", 0), ("1,000 tombstones of others", 1000)):
-        app, state, key = make(root / f"deliver-{tombstones}")
-        store = PrivacyStore(state.queue)
-        for i in range(tombstones):
-            store.add_tombstone(Subject("demo", {"user_tag": (f"gone-{i}",), "device_tag": (f"gone-dev-{i}",)}))
-        post(app, key, n, datetime.now(timezone.utc))
-        rows.append((label, deliver_seconds(state)))
-    base = rows[0][1]
-    print(f"{'delivery to sql (SQLite)':34} {'seconds':>8} {'events/s':>10} {'ratio':>6}")
-    for label, seconds in rows:
+    # 1. delivery with and without tombstones: each three times, alternating; the best counts
+    best: dict[str, float] = {}
+    labels = (("no tombstone (baseline)", 0), ("1,000 tombstones of others", 1000))
+    for attempt in range(3):
+        for label, tombstones in labels:
+            app, state, key = make(root / f"deliver-{tombstones}-{attempt}")
+            store = PrivacyStore(state.queue)
+            for i in range(tombstones):
+                store.add_tombstone(Subject("demo", {"user_tag": (f"gone-{i}",), "device_tag": (f"gone-dev-{i}",)}))
+            post(app, key, n, datetime.now(timezone.utc))
+            seconds = deliver_seconds(state)
+            best[label] = min(seconds, best.get(label, seconds))
+    base = best[labels[0][0]]
+    print(f"{'delivery to sql (SQLite), best of 3':34} {'seconds':>8} {'events/s':>10} {'ratio':>6}")
+    for label, seconds in best.items():
         print(f"{label:34} {seconds:8.2f} {n / seconds:10.0f} {seconds / base:6.2f}")
 
     # 2. retention in batches
@@ -110,6 +114,7 @@ def main() -> None:
     result = erase_subject(state, subject, tombstone=True)
     seconds = time.perf_counter() - started
     print(f"\ndelete one person among {n} rows: {result['sinks']['sql']['removed']} rows in {seconds * 1000:.0f} ms")
+    shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

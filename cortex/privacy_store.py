@@ -13,6 +13,7 @@ It also erases and expires the queue's own logs (ingest error log, dead letters)
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import threading
 import time
@@ -241,6 +242,12 @@ class PrivacyStore:
         return cur.rowcount
 
 
+@functools.lru_cache(maxsize=65536)
+def _cached_digest(org: str, kind: str, value: str) -> bytes:
+    # a batch holds many records of the same people: each tag is hashed once
+    return identity_digest(org, kind, value)
+
+
 class TombstoneFilter:
     """Drops the records of tombstoned people before a sink gets them (dispatcher side)."""
 
@@ -268,7 +275,7 @@ class TombstoneFilter:
                     value = place.get(name)
                     if value is None or isinstance(value, (dict, list)):
                         continue
-                    if identity_digest(org, kind, str(value)) in digests:
+                    if _cached_digest(org, kind, str(value)) in digests:
                         return True
         return False
 
