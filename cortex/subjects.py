@@ -36,14 +36,19 @@ IDENTITY_KINDS: tuple[str, ...] = tuple(IDENTITY_FIELDS)
 def identities_for(state: Any, org: str, kind: str, raw_value: str) -> list[str]:
     """Every value the identifier ``raw_value`` of ``kind`` may be stored under in ``org``.
 
-    The raw value first, then (when a pseudonymising enricher is configured) each digest it
-    was stored under with the org's current and rotated keys.  This is the one place that
-    knows how identifiers are stored; exports, deletions and tombstones all go through it.
+    The raw value first, then what plugins answer to the ``identifier_forms`` hook (a
+    pseudonymising enricher: each digest it may have stored the value under with the org's
+    current and rotated keys), in sorted order.  This is the one place that knows how
+    identifiers are stored; exports, deletions and tombstones all go through it.
     """
     if kind not in IDENTITY_FIELDS:
         raise ValueError(f"unknown kind of identifier {kind!r}; one of {', '.join(IDENTITY_KINDS)}")
-    values = [str(raw_value)]
-    return values
+    raw = str(raw_value)
+    forms: set[str] = set()
+    for answer in state.plugins.hook.identifier_forms(config=state.config, org=org, kind=kind, value=raw):
+        forms.update(str(form) for form in answer or ())
+    forms.discard(raw)
+    return [raw, *sorted(forms)]
 
 
 def identity_digest(org: str, kind: str, value: str) -> bytes:

@@ -19,7 +19,9 @@ import orjson
 from cortex.subjects import Subject
 from cortex_file.layout import org_dirname, part_name, stream_parts
 
-__all__ = ["export_lines", "remove_lines", "remove_old_files"]
+__all__ = ["export_lines", "remove_lines", "remove_old_files", "remove_unfinished_rewrites"]
+
+REWRITE_SUFFIX = ".rewrite"
 
 
 def _stream_files(org_path: Path) -> list[Path]:
@@ -81,7 +83,7 @@ def remove_lines(org_path: Path, subject: Subject, *, fsync: bool) -> int:
         with open(path, "rb") as handle:
             if not any(_belongs(line, subject, needles) for line in handle):
                 continue
-        rewrite = path.with_name(path.name + ".rewrite")
+        rewrite = path.with_name(path.name + REWRITE_SUFFIX)
         with open(path, "rb") as source, open(rewrite, "wb") as target:
             for line in source:
                 if _belongs(line, subject, needles):
@@ -127,4 +129,13 @@ def remove_old_files(root: Path, policy: Any, limit: int, *, fsync: bool) -> int
             _sync_dir(org_path)
         if removed >= limit:
             break
+    return removed
+
+
+def remove_unfinished_rewrites(org_path: Path) -> int:
+    """Remove the ``.rewrite`` files a crash during a deletion left (the old files stand)."""
+    removed = 0
+    for path in org_path.glob("*.ndjson" + REWRITE_SUFFIX):
+        path.unlink(missing_ok=True)
+        removed += 1
     return removed

@@ -119,6 +119,7 @@ class FileSink(Sink):
         self._streams.clear()
         try:
             for org_path in sorted(p for p in self.path.iterdir() if p.is_dir()):
+                privacy.remove_unfinished_rewrites(org_path)
                 latest: dict[bool, StreamKey] = {}
                 for key in stream_parts(org_path):
                     if key.errors not in latest or key.day > latest[key.errors].day:
