@@ -389,3 +389,14 @@ def _register_analytics_commands() -> None:
 
 
 _register_analytics_commands()
+
+
+# data-subject requests and retention ---------------------------------------------------------
+def _add_privacy_commands() -> None:
+    from cortex.privacy_cli import privacy, retention
+
+    cli.add_command(privacy)
+    cli.add_command(retention)
+
+
+_add_privacy_commands()

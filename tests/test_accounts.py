@@ -121,3 +121,17 @@ def test_secure_cookies_can_be_turned_off(make_cortex):
     token = _csrf(cortex.client.get("/login").data)
     good = cortex.client.post("/login", data={"email": "ann@example.com", "password": PASSWORD, "csrf_token": token})
     assert good.status_code == 302 and "Secure" not in good.headers["Set-Cookie"]
+
+
+def test_account_admins_may_make_data_subject_requests(cortex):
+    admin = make_user(cortex, "boss@example.com", "demo", "admin")
+    analyst = make_user(cortex, "ann@example.com", "demo", "analyst")
+    body = {"org": "demo", "device_tag": "device-1"}
+    allowed = cortex.client.post("/api/v1/privacy/export", json=body, headers={"Authorization": f"Bearer {admin}"})
+    assert allowed.status_code == 200
+    refused = cortex.client.post("/api/v1/privacy/export", json=body, headers={"Authorization": f"Bearer {analyst}"})
+    assert refused.status_code == 403
+    cortex.state.control.create_org("other")
+    elsewhere = cortex.client.post("/api/v1/privacy/export", json={**body, "org": "other"},
+                                   headers={"Authorization": f"Bearer {admin}"})
+    assert elsewhere.status_code == 403

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from typing import Any, Iterable
+from datetime import date, datetime, timezone
+from typing import Any, Iterable, Iterator
 
 import sqlalchemy as sa
 from marshmallow import ValidationError
@@ -12,6 +13,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from cortex.sinks import PermanentError, Sink
 from cortex_sql import migrate
+from cortex_sql import privacy
 from cortex_sql.bulk import BulkWriter
 from cortex_sql.engine import create_engine
 from cortex_sql.rollups import RollupWriter, define_rollup_tables
@@ -176,9 +178,13 @@ class SqlSink(Sink):
 
         return insert_and_roll_up
 
-    def recompute_rollups(self, org: str, start, end) -> None:
+    def recompute_rollups(self, org: str, start, end, secure: bool = False) -> None:
         """Rebuild ``org``'s rollups of days ``start`` … ``end`` (dates, inclusive) from the
-        raw tables, e.g. after rows were deleted; in one transaction."""
+        raw tables, e.g. after rows were deleted; in one transaction.
+
+        ``secure``: on SQLite, zero the freed pages and empty the WAL afterwards, so that
+        no copy of the rows removed stays in the files (for a data subject's deletion).
+        """
         from cortex_sql.rollups import recompute
 
         if self.engine is None:
@@ -186,8 +192,19 @@ class SqlSink(Sink):
         metadata = sa.MetaData()
         raw = build_tables(metadata, self.table_prefix, self.schema)
         rollup_tables = define_rollup_tables(metadata, self.table_prefix, self.schema)
-        with self.engine.begin() as connection:
-            recompute(connection, rollup_tables, raw, org, start, end)
+        sqlite = secure and self.engine.dialect.name == "sqlite"
+        with self.engine.connect() as connection:
+            dbapi = connection.connection.dbapi_connection
+            if sqlite:
+                dbapi.execute("PRAGMA secure_delete = ON")
+            try:
+                with connection.begin():
+                    recompute(connection, rollup_tables, raw, org, start, end)
+            finally:
+                if sqlite:
+                    dbapi.execute("PRAGMA secure_delete = OFF")
+            if sqlite:
+                dbapi.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def _run(self, insert, batches) -> None:
         """``insert(connection, batches)`` in one transaction; data errors made permanent."""
@@ -240,6 +257,86 @@ class SqlSink(Sink):
                 records.extend(rows.record(row) for row in result.mappings())
         records.sort(key=lambda r: (r.get("seq") or 0, r["id"]))
         return records
+
+
+    # -- data subjects and retention -------------------------------------------------------
+
+    def _open_tables(self) -> list[TableRows]:
+        if self.engine is None:
+            raise RuntimeError(f"sink {self.name} is not open")
+        return list(self._rows.values())
+
+    def export_subject(self, subject) -> Iterator[dict[str, Any]]:
+        """Every row of the subject in every table, in record form."""
+        return privacy.export_subject(self.engine, self._open_tables(), subject)
+
+    def delete_subject(self, subject) -> int:
+        """Delete the subject's rows from every table (``ingest_errors`` too); returns how many.
+
+        The rollups of the days the subject's events were on are then recomputed from what
+        is left, so that no aggregate still counts the person (nor holds their device).
+        """
+        tables = self._open_tables()
+        days = self._subject_days(tables, subject) if self._rollups is not None else None
+        removed = privacy.delete_subject(self.engine, tables, subject)
+        if days is not None:
+            self.recompute_rollups(subject.org, *days, secure=True)
+        return removed
+
+    def _subject_days(self, tables: list[TableRows], subject):
+        """The first and last day of the subject's rolled-up events, or None."""
+        from cortex_sql.rollups import RAW_TABLES
+
+        first = last = None
+        with self.engine.connect() as connection:
+            for rows in tables:
+                if rows.family.table not in RAW_TABLES:
+                    continue
+                clause = privacy.subject_clause(rows, subject)
+                if clause is None:
+                    continue
+                time = rows.table.c.event_time
+                low, high = connection.execute(sa.select(sa.func.min(time), sa.func.max(time)).where(clause)).one()
+                if low is None:
+                    continue
+                low, high = _as_utc(low).date(), _as_utc(high).date()
+                first = low if first is None else min(first, low)
+                last = high if last is None else max(last, high)
+        return None if first is None else (first, last)
+
+    def expire(self, policy, limit: int) -> int:
+        """Delete at most ``limit`` rows past the retention of their org and table.
+
+        When rows went, the rollups of their days are recomputed from what is left (so
+        that they follow the raw tables, device ids included).
+        """
+        removed = privacy.expire(self.engine, self._open_tables(), policy, limit)
+        if removed and self._rollups is not None:
+            self._expire_rollups(policy)
+        return removed
+
+    def _expire_rollups(self, policy) -> None:
+        from cortex_sql.rollups import RAW_TABLES
+
+        device_days = define_rollup_tables(sa.MetaData(), self.table_prefix, self.schema)["rollup_device_days"]
+        for org in policy.orgs:
+            cutoffs = [c for c in (policy.cutoff(org, name) for name in RAW_TABLES) if c is not None]
+            if not cutoffs:
+                continue
+            with self.engine.connect() as connection:
+                oldest = connection.execute(
+                    sa.select(sa.func.min(device_days.c.day)).where(device_days.c.org == org)).scalar_one()
+            if oldest is None:
+                continue
+            oldest = oldest if isinstance(oldest, date) else date.fromisoformat(str(oldest))
+            newest_cut = _as_utc(max(cutoffs)).date()
+            if oldest <= newest_cut:
+                self.recompute_rollups(org, oldest, newest_cut)
+
+
+def _as_utc(moment: datetime) -> datetime:
+    """SQLite gives naive datetimes back (they are UTC); PostgreSQL aware ones."""
+    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
 
 
 def _is_data_error(exc: BaseException) -> bool:
