@@ -17,23 +17,24 @@ def active_users(scope: Scope, filters: dict[str, Any]) -> dict[str, Any]:
 
     A device is new in the bucket of its first event ever in an app (any type, any date,
     whatever the other filters), counted when it was active in that app in the bucket, so
-    that a filtered range still tells new from returning correctly.
+    that a filtered range still tells new from returning correctly.  The first time comes
+    from a window over the app's whole history (one sort, no join).
     """
     who = filters["by"]
-    stream = event_stream(scope, filters)
     history = event_stream(scope, _history_filters(filters), with_time_range=False)
-    first_seen = (
-        sa.select(history.c.app.label("app"), history.c[who].label("who"), sa.func.min(history.c.time).label("first"))
-        .group_by(history.c.app, history.c[who]).subquery("first_seen")
-    )
-    period = bucket(scope.dialect, stream.c.time, filters["bucket"]).label("period")
-    active = sa.select(period, stream.c.app.label("app"), stream.c[who].label("who")).distinct().subquery("active")
-    first_period = bucket(scope.dialect, first_seen.c.first, filters["bucket"])
-    new = sa.case((first_period == active.c.period, active.c.who), else_=None)
+    first = sa.func.min(history.c.time).over(partition_by=[history.c.app, history.c[who]])
+    rows = sa.select(history, first.label("first_time")).subquery("history_rows")
+    conditions = [rows.c.time >= filters["start"], rows.c.time < filters["end"]]
+    for argument, column in FILTER_COLUMNS.items():
+        if argument != "app" and filters.get(argument):
+            conditions.append(rows.c[column].in_(filters[argument]))
+    if filters.get("event_type"):
+        conditions.append(rows.c.type.in_(filters["event_type"]))
+    period = bucket(scope.dialect, rows.c.time, filters["bucket"]).label("period")
+    new = sa.case((bucket(scope.dialect, rows.c.first_time, filters["bucket"]) == period, rows.c[who]), else_=None)
     query = (
-        sa.select(active.c.period, sa.func.count(sa.distinct(active.c.who)), sa.func.count(sa.distinct(new)))
-        .select_from(active.join(first_seen, (first_seen.c.who == active.c.who) & (first_seen.c.app == active.c.app)))
-        .group_by(active.c.period).order_by(active.c.period)
+        sa.select(period, sa.func.count(sa.distinct(rows.c[who])), sa.func.count(sa.distinct(new)))
+        .where(*conditions).group_by(period).order_by(period)
     )
     with scope.connect() as conn:
         series = [{"period": p, "active": a, "new": n, "returning": a - n} for p, a, n in conn.execute(query)]
@@ -57,41 +58,37 @@ def retention(scope: Scope, filters: dict[str, Any]) -> dict[str, Any]:
     days = sorted({int(d) for d in filters["days"]})
     dialect = scope.dialect
     history = _history_filters(filters)
-    installs = event_stream(scope, history, types=["install"], with_time_range=False)
-    cohort_day = day_number(dialect, sa.func.min(installs.c.time))
-    low = day_number(dialect, sa.literal(filters["start"], type_=installs.c.time.type))
-    high = day_number(dialect, sa.literal(filters["end"], type_=installs.c.time.type))
-    cohorts = (
-        sa.select(installs.c.device.label("device"), cohort_day.label("cohort"))
-        .group_by(installs.c.device)
-        .having(cohort_day >= low).having(cohort_day < high)
-    )
+    time_type = event_stream(scope, history).c.time.type
+    low = day_number(dialect, sa.literal(filters["start"], type_=time_type))
+    high = day_number(dialect, sa.literal(filters["end"], type_=time_type))
+    # one pass over the history: each event with its device's first install day (a window)
+    later = {**history, "end": filters["end"] + timedelta(days=max(days) + 1)}
+    stream = event_stream(scope, later, with_time_range=False)
+    day = day_number(dialect, stream.c.time)
+    install_day = sa.case((stream.c.type == "install", day), else_=None)
+    rows = sa.select(
+        stream.c.device.label("device"), day.label("day"),
+        sa.func.min(install_day).over(partition_by=stream.c.device).label("cohort"),
+    ).subquery("rows")
+    offset = (rows.c.day - rows.c.cohort).label("offset")
+    conditions = [rows.c.cohort >= low, rows.c.cohort < high]
     dimensions = {k: filters[k] for k in FILTER_COLUMNS if k != "app" and filters.get(k)}
     if dimensions:
         # the other filters (os, country, ...) choose devices by their install events
         matching = event_stream(scope, {**history, **dimensions}, types=["install"], with_time_range=False)
-        cohorts = cohorts.where(installs.c.device.in_(sa.select(matching.c.device)))
-    cohorts = cohorts.subquery("cohorts")
-    later = {**history, "end": filters["end"] + timedelta(days=max(days) + 1)}
-    activity_stream = event_stream(scope, later)
-    activity = (
-        sa.select(activity_stream.c.device.label("device"), day_number(dialect, activity_stream.c.time).label("day"))
-        .distinct().subquery("activity")
-    )
-    offset = (activity.c.day - cohorts.c.cohort).label("offset")
+        conditions.append(rows.c.device.in_(sa.select(matching.c.device)))
     retained_query = (
-        sa.select(cohorts.c.cohort, offset, sa.func.count(sa.distinct(cohorts.c.device)))
-        .select_from(cohorts.join(activity, activity.c.device == cohorts.c.device))
-        .where(offset.in_(days))
-        .group_by(cohorts.c.cohort, offset)
+        sa.select(rows.c.cohort, offset, sa.func.count(sa.distinct(rows.c.device)))
+        .where(*conditions, offset.in_([0, *days]))
+        .group_by(rows.c.cohort, offset)
     )
-    size_query = sa.select(cohorts.c.cohort, sa.func.count()).group_by(cohorts.c.cohort).order_by(cohorts.c.cohort)
     from datetime import date, datetime, timezone
 
     today = (datetime.now(timezone.utc).date() - date(1970, 1, 1)).days
     with scope.connect() as conn:
-        sizes = {c: n for c, n in conn.execute(size_query)}
         retained = {(c, o): n for c, o, n in conn.execute(retained_query)}
+    # a device is active on its install day: the cohort's size is its day-0 count
+    sizes = {c: n for (c, o), n in sorted(retained.items()) if o == 0}
     result = []
     for cohort, size in sizes.items():
         row = {"cohort": (date(1970, 1, 1) + timedelta(days=cohort)).isoformat(), "size": size, "retained": {}}

@@ -95,6 +95,8 @@ def define_rollup_tables(metadata: sa.MetaData, prefix: str = "", schema: str | 
         sa.Column("is_first", sa.SmallInteger, nullable=False, server_default="0"),
         sa.PrimaryKeyConstraint("org", "day", "app", "device", name=f"pk_{prefix}rollup_device_days"),
         sa.Index(f"ix_{prefix}rollup_device_days_org_device", "org", "device", "day"),
+        # distinct devices per day without a sort: (day, device) in index order
+        sa.Index(f"ix_{prefix}rollup_device_days_org_day_device", "org", "day", "device"),
         schema=schema,
     )
     devices = sa.Table(

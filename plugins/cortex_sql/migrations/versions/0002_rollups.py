@@ -56,6 +56,8 @@ def upgrade() -> None:
     )
     op.create_index(f"ix_{prefix}rollup_device_days_org_device", prefix + "rollup_device_days",
                     ["org", "device", "day"], schema=schema)
+    op.create_index(f"ix_{prefix}rollup_device_days_org_day_device", prefix + "rollup_device_days",
+                    ["org", "day", "device"], schema=schema)
     op.create_table(
         prefix + "rollup_devices",
         sa.Column("org", sa.String(64), nullable=False),
