@@ -22,7 +22,7 @@ class Enricher:
     """Base class of every enricher type.
 
     ``enrich`` receives the batch's records (dicts, see :mod:`cortex.sinks`; rejected
-    records are never passed) and changes them in place.  Request context an enricher may
+    records only with ``enriches_rejected``) and changes them in place.  Request context an enricher may
     need (``client_ip``, ``user_agent``, ``accept_language``) is in each record's ``context``
     dict, which sinks never see.  Change nested values by replacing them
     (``record["device_info"] = {...}``), except ``warnings`` (append) and ``extra``.
@@ -42,6 +42,10 @@ class Enricher:
     #: the error policies the configuration may choose (an enricher that must fail closed,
     #: such as pseudonymisation, leaves out ``pass_through``)
     allowed_on_error: ClassVar[tuple[str, ...]] = ERROR_POLICIES
+    #: True to be given rejected records too (``kind == "rejected"``, with the event as
+    #: sent in ``payload`` and the bundle in ``bundle``), which sinks store as the ingest
+    #: error log: an enricher that must keep raw values out of every sink needs them
+    enriches_rejected: ClassVar[bool] = False
 
     def __init__(self, name: str, options: Mapping[str, Any], context: SinkContext):
         self.name = name

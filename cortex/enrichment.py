@@ -294,15 +294,17 @@ class Enrichment:
             for outcome in outcomes:
                 outcome.record.pop("context", None)
             return outcomes
-        live = [i for i, record in enumerate(records) if record.get("kind") != "rejected"]
+        live = list(range(len(records)))
+        rejected = {i for i in live if records[i].get("kind") == "rejected"}
         current = {i: records[i] for i in live}
         for stage in self.stages:
-            if not live:
-                break
-            results = stage.apply([current[i] for i in live])
+            given = live if stage.enricher.enriches_rejected else [i for i in live if i not in rejected]
+            if not given:
+                continue
+            results = stage.apply([current[i] for i in given])
             failed: dict[str, list[int]] = {}
             timed_out: set[str] = set()
-            for i, result in zip(live, results):
+            for i, result in zip(given, results):
                 if isinstance(result, BaseException):
                     reason = describe_error(result)
                     failed.setdefault(reason, []).append(i)
@@ -336,6 +338,11 @@ class Enrichment:
                 record = copy_record(current[i])
                 for name in drop:
                     record.pop(name, None)
+                if drop and record.get("kind") == "rejected":
+                    # a rejected record holds the event and the bundle as sent
+                    for part in ("payload", "bundle"):
+                        if isinstance(record.get(part), dict):
+                            record[part] = {k: v for k, v in record[part].items() if k not in drop}
                 record.setdefault("warnings", []).append(note)
                 current[i] = record
             outcome = "fields_dropped" if drop else "passed_through"
