@@ -28,20 +28,20 @@ class Lookup(Protocol):
 
 
 def parse_address(text: object) -> str | None:
-    """The canonical form of an IP address, or None when ``text`` is not one."""
+    """The canonical form of an IP address (an IPv4-mapped IPv6 address as IPv4, as
+    dual-stack servers report IPv4 clients), or None when ``text`` is not one."""
     if not isinstance(text, str):
         return None
     try:
-        return str(ipaddress.ip_address(text.strip()))
+        parsed = ipaddress.ip_address(text.strip())
     except ValueError:
         return None
+    return str(getattr(parsed, "ipv4_mapped", None) or parsed)
 
 
 def is_public(address: str) -> bool:
     """False for private, loopback, link-local, reserved and other non-routable addresses."""
-    parsed = ipaddress.ip_address(address)
-    mapped = getattr(parsed, "ipv4_mapped", None)
-    return (mapped or parsed).is_global
+    return ipaddress.ip_address(address).is_global
 
 
 class IptoccLookup:
