@@ -47,9 +47,12 @@ class GeoIpEnricher(Enricher):
         except ImportError as error:
             raise ValueError(f"needs the {error.name} package: pip install 'cortex[geoip]'") from None
         self.lookup: Lookup | None = None
+        #: address as sent -> (canonical address or None, place); addresses repeat a lot
+        self._seen: dict[str, tuple[str | None, Place]] = {}
 
     def open(self) -> None:
         """Open the MaxMind database (memory-mapped) or load the iptocc table."""
+        self._seen.clear()
         if self.database:
             if not Path(self.database).is_file():
                 raise FileNotFoundError(f"the MaxMind database {self.database} does not exist")
@@ -63,25 +66,35 @@ class GeoIpEnricher(Enricher):
             self.lookup.close()
             self.lookup = None
 
+    def locate(self, text: Any) -> tuple[str | None, Place]:
+        """The canonical address of ``text`` (None if it is not one) and its place."""
+        key = text if isinstance(text, str) else repr(text)
+        found = self._seen.get(key)
+        if found is None:
+            address = parse_address(text)
+            place = self.lookup.place(address) if address is not None and is_public(address) else NOWHERE
+            if len(self._seen) >= 100_000:
+                self._seen.clear()
+            found = self._seen[key] = (address, place)
+        return found
+
     def enrich(self, records: list[dict[str, Any]]) -> None:
         """Fill the place of records without a country; remove addresses not to be stored."""
-        places: dict[str, Place] = {}
         for record in records:
             sent = record.get("geo_ip_address")
+            place = NOWHERE
             if record.get("country"):
                 address = None
             elif sent:
-                address = parse_address(sent)
+                address, place = self.locate(sent)
                 if address is None:
                     record.setdefault("warnings", []).append(
                         f"geo_ip_address: {str(sent)[:64]!r} is not an IP address; no country"
                     )
             else:
-                address = parse_address((record.get("context") or {}).get("client_ip"))
+                client = (record.get("context") or {}).get("client_ip")
+                address, place = self.locate(client) if client else (None, NOWHERE)
             if address is not None:
-                place = places.get(address)
-                if place is None:
-                    place = places[address] = self.lookup.place(address) if is_public(address) else NOWHERE
                 if place.country:
                     record["country"] = place.country
                     for key in ("region", "city"):

@@ -61,6 +61,7 @@ class PseudonymiseEnricher(Enricher):
         if not isinstance(fields, list) or not all(isinstance(f, str) for f in fields):
             raise ValueError("fields must be a list of field names")
         self.field_names = tuple(fields)
+        self._recent: dict[tuple[str, str], str] = {}
         # the drop_field policy removes the identifiers this instance pseudonymises
         self.fields = self.field_names
 
@@ -87,15 +88,25 @@ class PseudonymiseEnricher(Enricher):
             else:
                 self._replaced(ring, org, record)
 
+    def _pseudonym(self, ring: KeyRing, org: str, value: Any) -> str:
+        # identifiers repeat across a batch (one device, many events): remember recent ones
+        key = (org, str(value))
+        found = self._recent.get(key)
+        if found is None:
+            if len(self._recent) >= 50_000:
+                self._recent.clear()
+            found = self._recent[key] = ring.pseudonym(org, key[1])
+        return found
+
     def _replaced(self, ring: KeyRing, org: str, values: dict[str, Any]) -> dict[str, Any]:
         for field in self.field_names:
             value = values.get(field)
             if value is None or value == "":
                 continue
             if isinstance(value, list):
-                values[field] = [ring.pseudonym(org, str(v)) for v in value]
+                values[field] = [self._pseudonym(ring, org, v) for v in value]
             else:
-                values[field] = ring.pseudonym(org, str(value))
+                values[field] = self._pseudonym(ring, org, value)
         return values
 
     def identifier_forms(self, org: str, value: str) -> set[str]:

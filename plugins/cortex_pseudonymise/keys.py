@@ -55,8 +55,8 @@ class KeyRing:
     def pseudonym(self, org: str, value: str, key_id: str | None = None) -> str:
         """The pseudonym of ``value`` in ``org`` under ``key_id`` (default: the current key)."""
         key_id = key_id or self.current
-        digest = hmac.new(self.org_key(key_id, org), value.encode("utf-8", "surrogatepass"), hashlib.sha256).digest()
-        return f"{key_id}:{base64.urlsafe_b64encode(digest).rstrip(b'=').decode()}"
+        digest = hmac.digest(self.org_key(key_id, org), value.encode("utf-8", "surrogatepass"), "sha256")
+        return f"{key_id}:{base64.urlsafe_b64encode(digest)[:43].decode()}"
 
     def all_pseudonyms(self, org: str, value: str) -> set[str]:
         """The pseudonyms of ``value`` in ``org`` under every key, current and retired."""
