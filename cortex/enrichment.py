@@ -185,7 +185,11 @@ class Stage:
                       self.name, self.open_error, self.settings.on_error, self.reopen_interval)
 
     def close(self) -> None:
-        """Close the enricher."""
+        """Close the enricher (unless a timed-out call still runs in it: it is left to finish)."""
+        if self._busy is not None and not self._busy.done():
+            log.warning("enricher %s is still busy with a timed-out batch; not closed", self.name)
+            self.opened = False
+            return
         if self.opened:
             try:
                 self.enricher.close()

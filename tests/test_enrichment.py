@@ -262,3 +262,33 @@ def test_the_status_table_shows_enricher_errors(make_cortex):
     cortex.deliver()
     output = cortex.cli("status").output
     assert "enricher errors:" in output and "flaky" in output
+
+
+@pytest.mark.slow
+def test_bundled_enrichers_under_gunicorn_behind_a_proxy(tmp_path):
+    """The embedded dispatcher of a real server opens the enrichers after the fork, trusts
+    X-Forwarded-For from one proxy, and reports enricher errors in ``cortex status``."""
+    import requests
+
+    from conftest import ServerProcess
+
+    server = ServerProcess(tmp_path / "server", env={
+        "CORTEX_SERVER__TRUST_PROXY_HOPS": "1",
+        "CORTEX_ENRICHERS__COUNTRY__TYPE": "geoip",
+        "CORTEX_ENRICHERS__LANGUAGE__TYPE": "language",
+        "CORTEX_ENRICHERS__USD__TYPE": "currency",
+    })
+    try:
+        body = {"api_key": server.api_key, "app_ver": "1.0", "device_tag": "d-1", "events": [
+            {"type": "economy", "event_datetime": "2024-06-03T10:00:00Z", "spend_amount": 100,
+             "spend_currency": "GBP"}]}
+        response = requests.post(f"{server.url}/demo/1/track", data=json.dumps(body), timeout=10, headers={
+            "Content-Type": "text/plain", "X-Forwarded-For": "81.2.69.142", "Accept-Language": "en-GB,en;q=0.9"})
+        assert response.status_code == 200 and response.text == "OK"
+        server.wait_for_delivery()
+        [(country, language, usd)] = server.sql_rows("SELECT country, language, spend_amount_usd FROM economy")
+        assert (country, language) == ("GB", "en")
+        assert usd == pytest.approx(100 * 1.0842 / 0.85175, rel=1e-6)
+        assert server.status()["enrichers"] == {}
+    finally:
+        server.stop()
