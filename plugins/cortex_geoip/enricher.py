@@ -41,11 +41,11 @@ class GeoIpEnricher(Enricher):
         self.database = str(self.options.get("database") or "")
         self.language = str(self.options.get("language") or "en")
         self.store_ip = bool(self.options.get("store_ip", False))
+        backend = "maxminddb" if self.database else "iptocc"
         try:
-            import maxminddb  # noqa: F401 (with a database)
-            import iptocc  # noqa: F401 (without)
-        except ImportError as error:
-            raise ValueError(f"needs the {error.name} package: pip install 'cortex[geoip]'") from None
+            __import__(backend)
+        except ImportError:
+            raise ValueError(f"needs the {backend} package: pip install 'cortex[geoip]'") from None
         self.lookup: Lookup | None = None
         #: address as sent -> (canonical address or None, place); addresses repeat a lot
         self._seen: dict[str, tuple[str | None, Place]] = {}
