@@ -64,6 +64,7 @@ class Enricher:
 
     def identifier_forms(self, org: str, value: str) -> set[str]:
         """Every form under which this enricher may have stored the identifier ``value`` of
-        ``org`` (e.g. its pseudonyms under current and retired keys); for deletion requests.
-        Enrichers that do not rewrite identifiers return an empty set."""
+        ``org`` (e.g. its pseudonyms under current and retired keys).  Enrichers that
+        rewrite identifiers return them here and answer the ``identifier_forms`` hook with
+        them, so that data-subject requests find them; the others return an empty set."""
         return set()

@@ -400,16 +400,3 @@ class EnrichedEntries:
             Enriched(o.record.copy() if o.record is not None else None, o.dead_reason)
             for outcomes in found for o in outcomes
         ]
-
-
-def stored_identifier_forms(state, org: str, value: str) -> set[str]:
-    """Every value under which the identifier ``value`` (a raw ``user_tag``, ``device_tag``,
-    social tag, ...) of ``org`` may be stored in the sinks: itself, and each form an enricher
-    may have turned it into (pseudonyms under the current and every retired key).
-
-    A data-subject deletion deletes the rows holding any of these.
-    """
-    forms = {value}
-    for enricher in state.make_enrichers():
-        forms |= enricher.identifier_forms(org, value)
-    return forms

@@ -11,7 +11,7 @@ import json
 import pytest
 
 from cortex.config import ConfigError
-from cortex.enrichment import stored_identifier_forms
+from cortex.subjects import identities_for
 from cortex_pseudonymise import pseudonyms
 from cortex_pseudonymise.keys import KeyRing
 
@@ -118,8 +118,8 @@ def test_key_rotation_keeps_old_pseudonyms_findable_for_deletion(make_cortex, tm
     tags = [tag for (tag,) in first.sql("SELECT user_tag FROM links ORDER BY event_index")]
     assert tags == [expected(KEY_2025, "k2025", "demo", "alice@example.com"),
                     expected(KEY_2026, "k2026", "demo", "alice@example.com")]
-    forms = stored_identifier_forms(first.state, "demo", "alice@example.com")
-    assert forms == {"alice@example.com", *tags}
+    forms = identities_for(first.state, "demo", "user_tag", "alice@example.com")
+    assert forms == ["alice@example.com", *sorted(tags)]
     assert pseudonyms(first.state.config, "demo", "alice@example.com") == set(tags)
     assert pseudonyms(first.state.config, "demo", "bob") .isdisjoint(tags)
     # a deletion request finds every row of the person, whichever key stored it
@@ -178,3 +178,23 @@ def test_keys_come_from_the_environment(make_cortex, monkeypatch):
     cortex.deliver()
     assert cortex.sql("SELECT user_tag FROM links") == [(expected(KEY_2026, "k26", "demo", "alice@example.com"),)]
     assert KEY_2026 not in cortex.cli("status", "--json").output
+
+
+def test_a_deletion_request_by_the_raw_tag_removes_rows_under_every_key(make_cortex):
+    cortex = make_cortex(enrichers={"pseudo": config()})
+    send(cortex)
+    send(cortex, user_tag="bob@example.com", events=[dict(EVENT, event_index=5)])
+    cortex.deliver()
+    # rotation: k2026 makes new pseudonyms, k2025 is retired but kept
+    cortex.state.config["enrichers"]["pseudo"] = config({"k2025": KEY_2025, "k2026": KEY_2026}, current="k2026")
+    send(cortex, events=[dict(EVENT, event_index=2)])
+    cortex.deliver()
+    assert len(cortex.sql("SELECT id FROM links")) == 3
+    result = cortex.cli("privacy", "delete", "--org", "demo", "--user-tag", "alice@example.com", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["sinks"]["sql"]["removed"] == 2
+    assert cortex.sql("SELECT user_tag FROM links") == [(expected(KEY_2025, "k2025", "demo", "bob@example.com"),)]
+    # the tombstone catches the person's later events, pseudonymised or not
+    send(cortex, events=[dict(EVENT, event_index=3)])
+    cortex.deliver()
+    assert len(cortex.sql("SELECT id FROM links")) == 1

@@ -1,7 +1,7 @@
 """The ``pseudonymise`` enricher: identifiers replaced by keyed digests before any sink.
 
 See :mod:`cortex_pseudonymise.keys` for the digest and :func:`pseudonyms` for the forms a
-deletion request must look for.
+deletion request must look for (answered through the ``identifier_forms`` hook).
 """
 
 from __future__ import annotations
@@ -17,3 +17,10 @@ __all__ = ["DEFAULT_FIELDS", "KeyRing", "PseudonymiseEnricher", "pseudonyms"]
 def register_enrichers(register):
     """Register the ``pseudonymise`` enricher type."""
     register(PseudonymiseEnricher)
+
+
+@hookimpl
+def identifier_forms(config, org, kind, value):
+    """The pseudonyms ``value`` may be stored under in ``org``, under every key, current and
+    retired (data-subject exports, deletions and tombstones look for them)."""
+    return pseudonyms(config, org, value)
