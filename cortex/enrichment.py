@@ -197,6 +197,11 @@ class Stage:
                 log.exception("closing enricher %s failed", self.name)
             self.opened = False
 
+    @property
+    def busy(self) -> bool:
+        """True while a call that timed out still runs in the enricher's thread."""
+        return self._busy is not None and not self._busy.done()
+
     def _check_available(self) -> None:
         if not self.opened and time.monotonic() >= self._next_open:
             self.open()

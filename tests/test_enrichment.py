@@ -194,22 +194,32 @@ def test_dead_letter_keeps_the_record_out_of_the_sinks_until_replayed(make_corte
 
 
 def test_a_slow_enricher_times_out_and_its_policy_applies(make_cortex):
-    cortex = make_cortex(plugins=[plugin], enrichers={"slow": {"type": "slow", "timeout": 0.3}})
+    from cortex.dispatcher import Dispatcher
+
+    cortex = make_cortex(plugins=[plugin], enrichers={"slow": {"type": "slow", "timeout": 0.3}},
+                         dispatcher={"batch_size": 1})
     assert cortex.post(cortex.bundle([event("slow", 1)])).status_code == 200
     assert cortex.post(cortex.bundle([event("shop", 2)])).status_code == 200
+    dispatcher = Dispatcher(cortex.state)
     started = time.monotonic()
-    cortex.deliver()
+    dispatcher.drain()
     assert time.monotonic() - started < 5
     stored = rows(cortex, "kingdom, class, warnings")
     assert [(k, c) for k, c, _ in stored] == [("slow", None), ("shop", None)]
     assert json.loads(stored[0][2]) == ["enricher slow failed (took longer than its timeout of 0.3s); passed through"]
+    # the next batch is not given to the enricher while the stuck call still runs
+    assert json.loads(stored[1][2]) == ["enricher slow failed (still busy with an earlier batch that took "
+                                        "longer than 0.3s); passed through"]
     counts = status(cortex)["enrichers"]["slow"]
-    assert counts["timeouts"] == 1 and counts["passed_through"] == 2
-    # once the stuck call returns, the enricher works again
+    assert counts == {"failures": 2, "timeouts": 1, "passed_through": 2}
+    # once the stuck call returns, the same enricher works again
     Slow.release.set()
-    time.sleep(0.2)
+    [stage] = dispatcher.enriched.enrichment.stages
+    deadline = time.monotonic() + 10
+    while stage.busy and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert cortex.post(cortex.bundle([event("shop", 3)])).status_code == 200
-    cortex.deliver()
+    dispatcher.drain()
     assert cortex.sql("SELECT class FROM events WHERE event_index = 3") == [("enriched",)]
 
 
