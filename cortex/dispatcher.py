@@ -118,16 +118,7 @@ class SinkRunner:
         entries = self.queue.read(cursor, self.batch_size)
         if not entries:
             return 0
-        outcomes = self.enriched.outcomes(entries)
-        records = [outcome.record for outcome in outcomes if outcome.record is not None]
-        dead: dict[str, list[dict[str, Any]]] = {}
-        position = 0
-        for entry in entries:
-            for record in entry.records:
-                reason = outcomes[position].dead_reason
-                if reason is not None:
-                    dead.setdefault(reason, []).append(record)
-                position += 1
+        records, dead = self.enrich(entries)
         for reason, refused in dead.items():
             # the records as read from the queue, request context included, so that a
             # replay can enrich them again; a tombstoned person's are not kept
@@ -139,7 +130,27 @@ class SinkRunner:
         kept = self.tombstones.filter(records)
         delivered = self.deliver(kept) if kept else 0
         self.queue.advance(self.sink.name, entries[-1].seq, delivered)
-        return len(outcomes)
+        return sum(len(entry.records) for entry in entries)
+
+    def enrich(self, entries: list) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
+        """The records of ``entries`` to deliver, enriched and without request context, and
+        the ones an enricher dead-lettered (as read from the queue), by reason."""
+        if not self.enriched.active:
+            records = [record for entry in entries for record in entry.records]
+            for record in records:
+                record.pop("context", None)
+            return records, {}
+        outcomes = self.enriched.outcomes(entries)
+        records = [outcome.record for outcome in outcomes if outcome.record is not None]
+        dead: dict[str, list[dict[str, Any]]] = {}
+        position = 0
+        for entry in entries:
+            for record in entry.records:
+                reason = outcomes[position].dead_reason
+                if reason is not None:
+                    dead.setdefault(reason, []).append(record)
+                position += 1
+        return records, dead
 
     def run_erasures(self) -> int:
         """Delete the people whose deletion was requested from this sink; returns how many requests."""

@@ -372,6 +372,11 @@ class EnrichedEntries:
         self._cache: OrderedDict[int, list[Enriched]] = OrderedDict()
         self._cached_records = 0
 
+    @property
+    def active(self) -> bool:
+        """False when no enricher is configured (records then go to the sinks as read)."""
+        return bool(self.enrichment.stages)
+
     def open(self) -> None:
         """Open the enrichers."""
         with self._lock:
