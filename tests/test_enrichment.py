@@ -239,6 +239,17 @@ def test_a_slow_enricher_with_dead_letter_policy(make_cortex):
         ("slow", "enriched"), ("shop", "enriched")]
 
 
+def test_a_slow_enricher_with_drop_field_policy(make_cortex):
+    cortex = make_cortex(plugins=[plugin], enrichers={"slow": {"type": "slow", "timeout": 0.3,
+                                                               "on_error": "drop_field"}})
+    assert cortex.post(cortex.bundle([event("slow", 1, **{"class": "sent"})])).status_code == 200
+    cortex.deliver()
+    [(kingdom, class_, warnings)] = rows(cortex, 'kingdom, "class", warnings')
+    assert (kingdom, class_) == ("slow", None)
+    assert json.loads(warnings) == ["enricher slow failed (took longer than its timeout of 0.3s); dropped class"]
+    assert status(cortex)["enrichers"]["slow"] == {"failures": 1, "timeouts": 1, "fields_dropped": 1}
+
+
 def test_an_enricher_that_cannot_open_gets_its_policy(make_cortex):
     cortex = make_cortex(plugins=[plugin], enrichers={"broken": {"type": "unopenable", "on_error": "drop_field"},
                                                       "flaky": {"type": "flaky"}})
