@@ -313,3 +313,39 @@ def test_bundled_enrichers_under_gunicorn_behind_a_proxy(tmp_path):
         assert server.status()["enrichers"] == {}
     finally:
         server.stop()
+
+
+@pytest.mark.postgres
+def test_every_bundled_enricher_into_postgresql(make_cortex, postgres_url, pg_schema):
+    """Enriched values fit the typed columns of PostgreSQL, which refuses overlong strings."""
+    import sqlalchemy as sa
+
+    key = "5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d"
+    cortex = make_cortex(
+        sinks={"sql": {"type": "sql", "url": postgres_url, "schema": pg_schema}},
+        enrichers={"country": {"type": "geoip"}, "usd": {"type": "currency"}, "device": {"type": "device"},
+                   "language": {"type": "language"},
+                   "pseudo": {"type": "pseudonymise", "orgs": ["*"], "keys": {"k2026-rotate": key}}},
+    )
+    body = {"api_key": cortex.api_key, "app_ver": "1.0", "device_tag": "d" * 62, "user_tag": "u" * 62,
+            "events": [{"type": "economy", "event_datetime": "2024-06-08T10:00:00Z", "spend_amount": 100,
+                        "spend_currency": "GBP"}]}
+    webview = ("Mozilla/5.0 (Linux; Android 14; Pixel 8 Build/UD1A.230803.041; wv) AppleWebKit/537.36 "
+               "(KHTML, like Gecko) Version/4.0 Chrome/119.0.6045.163 Mobile Safari/537.36")
+    response = cortex.post(body, environ_base={"REMOTE_ADDR": "2001:4860:4860::8888"},
+                           headers={"User-Agent": webview, "Accept-Language": "pt-BR,pt;q=0.9"})
+    assert response.status_code == 200
+    cortex.deliver()
+    assert cortex.state.queue.dead_letters() == []
+    engine = sa.create_engine(postgres_url)
+    try:
+        with engine.connect() as connection:
+            row = connection.execute(sa.text(
+                f"SELECT country, spend_amount_usd, usd_rate_date, browser, os, device_type, language, user_tag "
+                f"FROM {pg_schema}.economy")).one()
+    finally:
+        engine.dispose()
+    assert row[0] == "US" and row[1] == pytest.approx(100 * 1.0898 / 0.8512, rel=1e-6)
+    assert str(row[2]) == "2024-06-07"
+    assert row[3] == "Chrome Mobile We" and row[4:7] == ("Android", "android", "pt")
+    assert row[7].startswith("k2026-rotate:") and len(row[7]) <= 62
