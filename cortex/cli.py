@@ -157,8 +157,11 @@ def serve(bind, workers):
 def worker(once, wait):
     """Run the dispatcher in this process: queue -> enrichers -> sinks."""
     from cortex.dispatcher import Dispatcher, DispatcherLock
+    from cortex.metrics import prepare_multiprocess_dir
 
     cortex_state = state()
+    # the server's /metrics adds up this process's counters too (same directory)
+    prepare_multiprocess_dir(cortex_state.config, clean=False)
     lock = DispatcherLock(cortex_state.config["data_dir"])
     if not lock.acquire(blocking=False):
         if not wait:

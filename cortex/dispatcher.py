@@ -23,6 +23,7 @@ import time
 from typing import Any
 
 from cortex.enrichers import Enricher
+from cortex.metrics import record_delivery
 from cortex.sinks import PermanentError, Sink
 
 log = logging.getLogger("cortex.dispatcher")
@@ -47,6 +48,7 @@ class SinkRunner:
         self.batch_wait = settings["batch_wait"]
         self.retry_initial = settings["retry_initial"]
         self.retry_max = settings["retry_max"]
+        self.metered = state.config["metrics"]["enabled"]
         self.opened = False
 
     def open(self) -> None:
@@ -100,6 +102,8 @@ class SinkRunner:
             record.pop("context", None)
         delivered = self.deliver(records)
         self.queue.advance(self.sink.name, entries[-1].seq, delivered)
+        if self.metered:
+            record_delivery(self.sink.name, delivered=delivered)
         return len(records)
 
     def enrich(self, records: list[dict[str, Any]]) -> None:
@@ -121,11 +125,15 @@ class SinkRunner:
             except PermanentError as error:
                 if len(records) == 1:
                     self.queue.dead_letter(self.sink.name, records, f"{type(error).__name__}: {error}")
+                    if self.metered:
+                        record_delivery(self.sink.name, dead_lettered=1)
                     log.error("sink %s refused record %s for good: %s", self.sink.name, records[0].get("id"), error)
                     return 0
                 middle = len(records) // 2
                 return self.deliver(records[:middle]) + self.deliver(records[middle:])
             except Exception as error:
+                if self.metered:
+                    record_delivery(self.sink.name, failed=1)
                 log.warning(
                     "sink %s failed to write %d records (%s: %s); retrying in %.1fs",
                     self.sink.name, len(records), type(error).__name__, error, delay,

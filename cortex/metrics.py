@@ -1,0 +1,322 @@
+"""Prometheus metrics: what Cortex counts, and how ``/metrics`` is rendered.
+
+Counters and histograms are recorded where things happen (requests, ingest, dispatcher).
+Under gunicorn every worker is a process of its own, so they run in prometheus-client's
+multiprocess mode: each process writes its values to files in ``$PROMETHEUS_MULTIPROC_DIR``
+and a scrape adds them up.  The gunicorn master sets the variable and removes the files of
+dead processes before it forks the workers (:func:`prepare_multiprocess_dir`, called from the
+``on_starting`` hook), and marks each worker dead when it exits (:func:`mark_worker_dead`).
+Without that variable (tests, ``flask run``) the values live in the process.
+
+What the queue holds (depth, age of the oldest entry, each sink's lag) is not counted but
+measured from the queue at scrape time (:class:`QueueCollector`), so it is right whichever
+process dispatches, and costs the requests nothing.
+
+Recording is kept cheap: label children are looked up once and cached, and events are
+counted per bundle, never per event.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import shutil
+import threading
+import time
+from typing import Any, Iterable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, values
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+#: request latency buckets, seconds (ingest answers in milliseconds; 10 s means trouble)
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+#: client clock skew buckets, seconds (absolute): from "in sync" to "a week off"
+SKEW_BUCKETS = (1.0, 5.0, 30.0, 60.0, 300.0, 3600.0, 21600.0, 86400.0, 604800.0)
+
+_FILE_PID = re.compile(r"_(\d+)\.db$")
+
+
+class Metrics:
+    """The metrics one process records, with cached label children for the hot path."""
+
+    def __init__(self, registry: CollectorRegistry):
+        self.registry = registry
+        self.requests = Counter(
+            "cortex_http_requests", "HTTP requests answered, by endpoint, method and status code.",
+            ["endpoint", "method", "status"], registry=registry,
+        )
+        self.latency = Histogram(
+            "cortex_http_request_duration_seconds", "Time from the start of a request to its answer.",
+            ["endpoint"], buckets=LATENCY_BUCKETS, registry=registry,
+        )
+        self.rate_limited = Counter(
+            "cortex_http_rate_limited", "Requests answered 429 (over a rate limit), by endpoint.",
+            ["endpoint"], registry=registry,
+        )
+        self.accepted = Counter(
+            "cortex_events_accepted", "Events accepted into the queue, by org.", ["org"], registry=registry,
+        )
+        self.duplicate = Counter(
+            "cortex_events_duplicate", "Events recognised as already accepted (retries), by org.",
+            ["org"], registry=registry,
+        )
+        self.rejected = Counter(
+            "cortex_events_rejected", "Events refused and kept in the ingest error log, by org and reason.",
+            ["org", "reason"], registry=registry,
+        )
+        self.clock_skew = Histogram(
+            "cortex_client_clock_skew_seconds",
+            "Difference between the server's clock and the client's current_time (absolute).",
+            buckets=SKEW_BUCKETS, registry=registry,
+        )
+        self.sink_delivered = Counter(
+            "cortex_sink_delivered_records", "Records a sink stored, by sink.", ["sink"], registry=registry,
+        )
+        self.sink_failures = Counter(
+            "cortex_sink_write_failures", "Failed sink writes that will be retried, by sink.",
+            ["sink"], registry=registry,
+        )
+        self.sink_dead_lettered = Counter(
+            "cortex_sink_dead_lettered_records", "Records a sink refused for good (moved to the dead-letter store).",
+            ["sink"], registry=registry,
+        )
+        self.enricher_errors = Counter(
+            "cortex_enricher_errors", "Enricher failures, by enricher and the error policy applied.",
+            ["enricher", "policy"], registry=registry,
+        )
+        self._children: dict[tuple, Any] = {}
+
+    def child(self, metric, *labels: str):
+        """The (cached) child of ``metric`` for ``labels``."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+
+_lock = threading.Lock()
+_metrics: Metrics | None = None
+_metrics_mode: tuple[str | None, int] | None = None
+
+
+def get_metrics() -> Metrics:
+    """This process's metrics, made on first use in the mode ``$PROMETHEUS_MULTIPROC_DIR`` says."""
+    global _metrics, _metrics_mode
+    mode = (os.environ.get(MULTIPROC_ENV), os.getpid() if os.environ.get(MULTIPROC_ENV) else 0)
+    metrics = _metrics
+    if metrics is not None and _metrics_mode == mode:
+        return metrics
+    with _lock:
+        if _metrics is None or _metrics_mode != mode:
+            # *_created series are not written in multiprocess mode: leave them out in both
+            disable_created_metrics()
+            # the value class is chosen when a metric is made: follow the environment
+            values.ValueClass = values.get_value_class()
+            _metrics = Metrics(CollectorRegistry(auto_describe=True))
+            _metrics_mode = mode
+        return _metrics
+
+
+def multiprocess_dir() -> str | None:
+    """The multiprocess directory in use, or None for in-process metrics."""
+    return os.environ.get(MULTIPROC_ENV) or None
+
+
+# recording -------------------------------------------------------------------------------------
+def record_request(endpoint: str, method: str, status: int, seconds: float) -> None:
+    """Count one answered request and its latency (and a 429 as rate-limited)."""
+    metrics = get_metrics()
+    metrics.child(metrics.requests, endpoint, method, str(status)).inc()
+    metrics.child(metrics.latency, endpoint).observe(seconds)
+    if status == 429:
+        metrics.child(metrics.rate_limited, endpoint).inc()
+
+
+def record_events(org: str, accepted: int, duplicate: int, rejected: dict[str, int] | None = None) -> None:
+    """Count one bundle's events: accepted, duplicates and rejected (by reason)."""
+    metrics = get_metrics()
+    if accepted:
+        metrics.child(metrics.accepted, org).inc(accepted)
+    if duplicate:
+        metrics.child(metrics.duplicate, org).inc(duplicate)
+    if rejected:
+        for reason, count in rejected.items():
+            metrics.child(metrics.rejected, org, reason).inc(count)
+
+
+def record_clock_skew(seconds: float) -> None:
+    """Observe the (absolute) difference between the client's and the server's clock."""
+    metrics = get_metrics()
+    metrics.clock_skew.observe(abs(seconds))
+
+
+def record_delivery(sink: str, delivered: int = 0, dead_lettered: int = 0, failed: int = 0) -> None:
+    """Count what one sink write did: records stored, records dead-lettered, failed attempts."""
+    metrics = get_metrics()
+    if delivered:
+        metrics.child(metrics.sink_delivered, sink).inc(delivered)
+    if dead_lettered:
+        metrics.child(metrics.sink_dead_lettered, sink).inc(dead_lettered)
+    if failed:
+        metrics.child(metrics.sink_failures, sink).inc(failed)
+
+
+def record_enricher_error(enricher: str, policy: str, count: int = 1) -> None:
+    """Count an enricher failure; ``policy`` names what was done about it (e.g. ``skip``,
+    ``drop``, ``dead_letter``, ``retry``): one call per failure, ``count`` for many at once."""
+    metrics = get_metrics()
+    metrics.child(metrics.enricher_errors, enricher, policy).inc(count)
+
+
+def rejection_reasons(records: Iterable[dict], default: str | None = None) -> dict[str, int]:
+    """Rejected records counted by reason: ``default`` for all of them when given, else
+    ``not_an_object``, ``unknown_type``, ``strict_mode`` (a valid event refused with its
+    bundle) or ``invalid_field``."""
+    tally: dict[str, int] = {}
+    for record in records:
+        if default is not None:
+            reason = default
+        else:
+            reasons = record.get("reasons") or {}
+            if "_event" in reasons:
+                reason = "not_an_object"
+            elif "_bundle" in reasons:
+                reason = "strict_mode"
+            elif len(reasons) == 1 and str((reasons.get("type") or [""])[0]).startswith("Unknown event type"):
+                reason = "unknown_type"
+            else:
+                reason = "invalid_field"
+        tally[reason] = tally.get(reason, 0) + 1
+    return tally
+
+
+# scrape-time measurements --------------------------------------------------------------------
+class QueueCollector:
+    """Gauges measured from the queue and the data directory when Prometheus scrapes."""
+
+    def __init__(self, queue, sinks: list[str], data_dir: str, backpressure=None):
+        self.queue = queue
+        self.sinks = sinks
+        self.data_dir = data_dir
+        self.backpressure = backpressure
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        """The queue's depth and age, each sink's lag, disk space, backpressure."""
+        now = time.time()
+        stats = self.queue.stats()
+        yield GaugeMetricFamily("cortex_queue_records", "Records (events and rejected events) held in the queue.",
+                                value=stats["records"])
+        yield GaugeMetricFamily("cortex_queue_entries", "Entries (accepted requests) held in the queue.",
+                                value=stats["entries"])
+        oldest = stats["oldest_enqueued_at"]
+        yield GaugeMetricFamily("cortex_queue_oldest_age_seconds",
+                                "Age of the oldest entry still in the queue (0 when empty).",
+                                value=max(0.0, now - oldest) if oldest else 0.0)
+        lag = GaugeMetricFamily("cortex_sink_lag_seconds",
+                                "Age of the oldest entry a sink has not stored yet (0 when caught up).",
+                                labels=["sink"])
+        pending = GaugeMetricFamily("cortex_sink_pending_entries", "Entries a sink has not stored yet.",
+                                    labels=["sink"])
+        for sink in self.sinks:
+            state = self.queue.sink_lag(sink)
+            lag.add_metric([sink], max(0.0, now - state["oldest_pending_at"]) if state["oldest_pending_at"] else 0.0)
+            pending.add_metric([sink], state["pending_entries"])
+        yield lag
+        yield pending
+        usage = shutil.disk_usage(self.data_dir)
+        yield GaugeMetricFamily("cortex_data_dir_free_bytes", "Free space on the data directory's filesystem.",
+                                value=usage.free)
+        yield GaugeMetricFamily("cortex_data_dir_size_bytes", "Size of the data directory's filesystem.",
+                                value=usage.total)
+        if self.backpressure is not None:
+            refusing = GaugeMetricFamily("cortex_ingest_backpressure",
+                                         "1 while ingest refuses bundles with 503, by reason (queue_depth, disk).",
+                                         labels=["reason"])
+            reason = self.backpressure.refusal()
+            for name in ("queue_depth", "disk"):
+                refusing.add_metric([name], 1.0 if reason and reason.startswith(name) else 0.0)
+            yield refusing
+
+
+class _Collectors:
+    """Several collectors scraped as one (what :func:`generate_latest` wants)."""
+
+    def __init__(self, *collectors):
+        self.collectors = collectors
+
+    def collect(self):
+        for collector in self.collectors:
+            yield from collector.collect()
+
+
+def scrape_registry(queue_collector: QueueCollector | None):
+    """What a scrape reads: every process's values (multiprocess) or this process's, plus the
+    queue's gauges."""
+    path = multiprocess_dir()
+    if path:
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        counted = MultiProcessCollector(None, path=path)
+    else:
+        counted = get_metrics().registry
+    return _Collectors(counted, *([queue_collector] if queue_collector else []))
+
+
+def render(queue_collector: QueueCollector | None) -> tuple[bytes, str]:
+    """The Prometheus text exposition and its content type."""
+    return generate_latest(scrape_registry(queue_collector)), CONTENT_TYPE_LATEST
+
+
+# gunicorn multiprocess bookkeeping -----------------------------------------------------------
+def default_multiprocess_dir(config: dict) -> str:
+    """Where worker processes keep their values: ``metrics.multiprocess_dir`` or
+    ``{data_dir}/metrics``."""
+    return config["metrics"].get("multiprocess_dir") or os.path.join(config["data_dir"], "metrics")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def prepare_multiprocess_dir(config: dict, clean: bool) -> str | None:
+    """Use multiprocess mode in this process and the processes it forks; with ``clean``
+    (the gunicorn master, at start) remove the values of processes that are gone.
+
+    A running ``cortex worker`` writes to the same directory; its files are kept, so the
+    server's ``/metrics`` shows its dispatcher's counters too.  Returns the directory, or
+    None when metrics are disabled.
+    """
+    if not config["metrics"]["enabled"]:
+        return None
+    path = os.environ.get(MULTIPROC_ENV) or default_multiprocess_dir(config)
+    os.makedirs(path, exist_ok=True)
+    if clean:
+        for name in glob.glob(os.path.join(path, "*.db")):
+            match = _FILE_PID.search(name)
+            if match is None or not _alive(int(match.group(1))) or int(match.group(1)) == os.getpid():
+                try:
+                    os.remove(name)
+                except FileNotFoundError:
+                    pass
+    os.environ[MULTIPROC_ENV] = path
+    return path
+
+
+def mark_worker_dead(pid: int) -> None:
+    """Forget a dead worker's live gauges (its counters stay in the totals)."""
+    path = multiprocess_dir()
+    if path:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid, path)
