@@ -358,7 +358,8 @@ def errors(org, limit, include_replayed, as_json):
         record = row["record"]
         reasons = "; ".join(f"{k}: {' '.join(v)}" for k, v in record["reasons"].items())
         click.echo(f"#{row['id']} {record['received_at']} {record['org']}/{record['app']} "
-                   f"{record['endpoint']} event {record['position']}: {reasons}")
+                   f"{record['endpoint']} event {record['position']}: {reasons}"
+                   + (f" (request {row['request_id']})" if row.get("request_id") else ""))
     if not rows:
         click.echo("(no errors)")
 

@@ -224,3 +224,25 @@ def test_metrics_on_a_separate_address(tmp_path):
         assert "cortex_queue_records" in text and "cortex_sink_lag_seconds" in text
     finally:
         server.stop()
+
+
+def test_alert_rules_are_valid_and_use_only_exposed_metrics(make_cortex):
+    import re
+    from pathlib import Path
+
+    rules = Path(__file__).resolve().parent.parent / "config" / "prometheus-alerts.yml"
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        need_service("promtool is not installed (Debian package prometheus)")
+    result = subprocess.run([promtool, "check", "rules", str(rules)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    text = make_cortex().client.get("/metrics").get_data(as_text=True)
+    exposed = set()
+    for kind_line in re.findall(r"^# TYPE (\S+) (\S+)$", text, re.M):
+        name, kind = kind_line
+        exposed.add(name)
+        if kind == "histogram":
+            exposed.update({f"{name}_bucket", f"{name}_count", f"{name}_sum"})
+    used = set(re.findall(r"\bcortex_[a-z_]+", rules.read_text()))
+    assert used and used <= exposed, f"not exposed: {sorted(used - exposed)}"
