@@ -78,7 +78,13 @@ DEFAULTS: dict[str, Any] = {
         "sql": {"type": "sql"},
     },
     "enrichers": {},
-    "logging": {"level": "INFO"},
+    "logging": {
+        "level": "INFO",
+        # "plain" or "json" (one object per line)
+        "format": "plain",
+        # one line per request (logger cortex.request, INFO)
+        "requests": True,
+    },
     "metrics": {
         # Prometheus metrics at /metrics
         "enabled": True,
@@ -249,7 +255,6 @@ def finish(config: dict) -> dict:
 
 def _check_operations(config: dict) -> None:
     """Keys of the logs, metrics, health and backpressure settings."""
-    config["logging"].setdefault("format", "plain")
     if config["logging"]["format"] not in ("plain", "json"):
         raise ConfigError('logging.format must be "plain" or "json"')
     _check_number(config, "queue", "max_depth", minimum=0)

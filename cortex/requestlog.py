@@ -55,8 +55,8 @@ def request_id() -> str:
     return g.cortex_request_id
 
 
-def install(app: Flask, record_metrics: bool) -> None:
-    """Register the before/after hooks on ``app``."""
+def install(app: Flask, record_metrics: bool, log_requests: bool = True) -> None:
+    """Register the before/after hooks on ``app`` (``log_requests``: write the log lines)."""
 
     @app.before_request
     def start_request() -> None:
@@ -78,7 +78,7 @@ def install(app: Flask, record_metrics: bool) -> None:
         if record_metrics:
             metrics.record_request(endpoint, request.method, status, seconds)
         level = logging.DEBUG if request.path in QUIET_PATHS else logging.INFO
-        if log.isEnabledFor(level):
+        if log_requests and log.isEnabledFor(level):
             log.log(level, "%s %s %d", request.method, request.path, status,
                     extra={"fields": _fields(rid, endpoint, status, seconds)})
         return response

@@ -20,8 +20,10 @@ def post_worker_init(worker) -> None:
 def worker_exit(server, worker) -> None:
     """gunicorn hook: let the embedded dispatcher finish its batch before the worker exits."""
     from cortex.dispatcher import stop_embedded
+    from cortex.metrics import flush
 
     stop_embedded()
+    flush()
 
 
 def on_starting(server) -> None:

@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import ServerProcess, free_port, iso, make_plugin, need_service
 from cortex import PermanentError, Sink, hookimpl
-from cortex.metrics import record_enricher_error
+from cortex.metrics import FLUSH_INTERVAL, record_enricher_error
 
 
 def samples(text: str) -> dict[tuple, float]:
@@ -188,7 +188,9 @@ def test_multiprocess_totals_survive_a_killed_worker(tmp_path):
         assert not stale.exists(), "the master cleans the values of dead processes at start"
         for i in range(20):
             _post(server, f"device-{i}")
-        # whichever worker answers the scrape, it adds up both workers' counts
+        # whichever worker answers the scrape, it adds up both workers' counts (each worker
+        # adds its recent counts to its files within FLUSH_INTERVAL)
+        time.sleep(FLUSH_INTERVAL + 0.5)
         for _ in range(4):
             text = requests.get(f"{server.url}/metrics", timeout=10).text
             scraped = samples(text)
@@ -204,6 +206,7 @@ def test_multiprocess_totals_survive_a_killed_worker(tmp_path):
             time.sleep(0.2)
         _post(server, "after")
         server.wait_for_delivery()
+        time.sleep(FLUSH_INTERVAL + 0.5)
         scraped = samples(requests.get(f"{server.url}/metrics", timeout=10).text)
         assert value(scraped, "cortex_events_accepted_total", org="demo") == 21
         assert value(scraped, "cortex_sink_delivered_records_total", sink="sql") == 21
@@ -218,6 +221,7 @@ def test_metrics_on_a_separate_address(tmp_path):
     try:
         _post(server, "one")
         assert requests.get(f"{server.url}/metrics", timeout=10).status_code == 404
+        time.sleep(FLUSH_INTERVAL + 0.5)
         text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
         scraped = samples(text)
         assert value(scraped, "cortex_events_accepted_total", org="demo") == 1
