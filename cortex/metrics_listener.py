@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from cortex.metrics import QueueCollector, scrape_registry
+from cortex.scrape import QueueCollector, scrape_registry
 
 
 def _split(bind: str) -> tuple[str, int]:

@@ -7,7 +7,7 @@ import hmac
 
 from flask import Flask, Response, abort, request
 
-from cortex import metrics, requestlog
+from cortex import requestlog, scrape
 from cortex.backpressure import Backpressure
 from cortex.config import reveal
 from cortex.health import blueprint as health_blueprint
@@ -25,9 +25,9 @@ def install_operations(app: Flask, state) -> None:
         _register_metrics_endpoint(app, state)
 
 
-def queue_collector(state) -> metrics.QueueCollector:
+def queue_collector(state) -> scrape.QueueCollector:
     """The scrape-time gauges of ``state``'s queue and sinks."""
-    return metrics.QueueCollector(state.queue, list(state.config["sinks"]), state.config["data_dir"],
+    return scrape.QueueCollector(state.queue, list(state.config["sinks"]), state.config["data_dir"],
                                   state.extras.get("backpressure"))
 
 
@@ -45,5 +45,5 @@ def _register_metrics_endpoint(app: Flask, state) -> None:
                 abort(Response("metrics need Authorization: Bearer <metrics.token>\n", status=401,
                                headers={"WWW-Authenticate": 'Bearer realm="cortex metrics"'},
                                content_type="text/plain"))
-        body, content_type = metrics.render(collector)
+        body, content_type = scrape.render(collector)
         return Response(body, content_type=content_type)
