@@ -58,17 +58,21 @@ def request_id() -> str:
 def install(app: Flask, record_metrics: bool, log_requests: bool = True) -> None:
     """Register the before/after hooks on ``app`` (``log_requests``: write the log lines)."""
 
-    @app.before_request
     def start_request() -> None:
         incoming = request.headers.get(REQUEST_ID_HEADER)
         g.cortex_request_id = incoming if incoming and SANE_REQUEST_ID.match(incoming) else new_request_id()
         g.cortex_started = time.perf_counter()
 
+    # first of all before_request functions: one that answers early (a rate limiter's 429)
+    # must not leave the request without its id and its timing
+    app.before_request_funcs.setdefault(None, []).insert(0, start_request)
+
     @app.after_request
     def finish_request(response: Response) -> Response:
         started = g.get("cortex_started")
-        if started is None:  # before_request did not run (an error before it)
-            return response
+        if started is None:  # an error before any before_request function ran
+            start_request()
+            started = g.cortex_started
         rid = g.cortex_request_id
         response.headers[REQUEST_ID_HEADER] = rid
         seconds = time.perf_counter() - started

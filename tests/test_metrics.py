@@ -67,7 +67,15 @@ class FlakySink(Sink):
 def _teapot_route(app):
     @app.get("/-/test-limited")
     def limited():
-        return Response("slow down", status=429, headers={"Retry-After": "1"})
+        return Response("never reached: the hook below answers first", status=200)
+
+    # as a rate limiter does: answer 429 from a before_request hook, before any view runs
+    @app.before_request
+    def limit():
+        from flask import request
+
+        if request.path == "/-/test-limited":
+            return Response("slow down", status=429, headers={"Retry-After": "1"})
 
 
 test_plugin = make_plugin(
@@ -93,7 +101,8 @@ def test_ingest_and_delivery_are_counted(make_cortex):
     assert cortex.post(cortex.bundle(mixed)).status_code == 200
     assert cortex.post(cortex.bundle(good, device_tag="x" * 100, os=["bad"])).status_code == 400
     assert cortex.post(b"not json").status_code == 400
-    assert cortex.client.get("/-/test-limited").status_code == 429
+    limited = cortex.client.get("/-/test-limited")
+    assert limited.status_code == 429 and limited.headers["X-Request-Id"]
     # clients four minutes behind and one hour ahead
     from datetime import datetime, timedelta, timezone
     behind = iso(datetime.now(timezone.utc) - timedelta(minutes=4))
