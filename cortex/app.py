@@ -16,6 +16,7 @@ from cortex.ingest.keys import KeyCache
 from cortex.logs import configure_logging
 from cortex.operations import install_operations
 from cortex.ingest.views import add_cors_headers, blueprint as ingest_blueprint
+from cortex.privacy_api import blueprint as privacy_blueprint
 from cortex.plugins import check_configured_types, collect_types, describe_plugins, make_plugin_manager
 from cortex.queue import SQLiteQueue
 from cortex.state import CortexState
@@ -60,6 +61,7 @@ def create_app(
     if hops:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
     app.register_blueprint(ingest_blueprint)
+    app.register_blueprint(privacy_blueprint)
     app.after_request(add_cors_headers)
     _register_introspection(app, state)
     install_operations(app, state)

@@ -101,6 +101,28 @@ DEFAULTS: dict[str, Any] = {
         # /-/ready fails when a sink is this many seconds behind (0: sinks never make it fail)
         "max_sink_lag_seconds": 0,
     },
+    "retention": {
+        # days after which stored events go, for every table of every org (0: keep forever)
+        "events_days": 0,
+        # table -> days ("files": the file sink's day files), and org -> {events_days, tables}
+        "tables": {},
+        "orgs": {},
+        # the queue's dead-letter store and ingest error log
+        "dead_letter_days": 90,
+        "ingest_error_days": 90,
+        # items deleted per statement, seconds between runs, seconds a run may hold a sink
+        "batch_size": 1000,
+        "interval": 3600,
+        "max_seconds": 2.0,
+    },
+    "privacy": {
+        # drop events of people with a tombstone (recorded by `cortex privacy delete`)
+        "drop_tombstoned": True,
+        # seconds a deletion waits for the dispatcher to do its part
+        "wait_seconds": 60,
+        # org -> bearer token of the org's admin for /api/v1/privacy (a secret reference)
+        "admin_tokens": {},
+    },
 }
 
 
@@ -250,6 +272,7 @@ def finish(config: dict) -> dict:
     _check_number(config, "ingest", "max_events_per_bundle", minimum=1)
     _check_number(config, "server", "workers", minimum=1)
     _check_operations(config)
+    _check_retention(config)
     return config
 
 
@@ -265,6 +288,19 @@ def _check_operations(config: dict) -> None:
         raise ConfigError(f"queue.max_disk_fill must be a fraction between 0 and 1 (0: no limit), not {fill!r}")
     _check_number(config, "health", "min_free_bytes", minimum=0)
     _check_number(config, "health", "max_sink_lag_seconds", minimum=0)
+
+
+
+def _check_retention(config: dict) -> None:
+    from cortex.retention import RetentionPolicy
+
+    for key in ("events_days", "dead_letter_days", "ingest_error_days", "interval", "max_seconds"):
+        _check_number(config, "retention", key, minimum=0)
+    _check_number(config, "retention", "batch_size", minimum=1)
+    try:
+        RetentionPolicy(config["retention"])
+    except (ValueError, TypeError, AttributeError) as error:
+        raise ConfigError(f"{error}; e.g. [retention.tables] app_logs = 30") from None
 
 
 def _check_number(config: dict, section: str, key: str, minimum: float) -> None:
