@@ -30,3 +30,9 @@ preload_app = False
 # Start the embedded dispatcher election in every worker; one of them wins.
 post_worker_init = _options["post_worker_init"]
 worker_exit = _options["worker_exit"]
+
+# Prometheus metrics: multiprocess mode set up in the master before the workers fork,
+# /metrics on metrics.bind if set, and the values of dead workers accounted for.
+on_starting = _options["on_starting"]
+when_ready = _options["when_ready"]
+child_exit = _options["child_exit"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import sqlite3
 from typing import Any, Iterable, Mapping
@@ -15,6 +14,8 @@ from cortex.config import load_config
 from cortex.control import ControlStore
 from cortex.enrichment import check_enrichers
 from cortex.ingest.keys import KeyCache
+from cortex.logs import configure_logging
+from cortex.operations import install_operations
 from cortex.ingest.views import add_cors_headers, blueprint as ingest_blueprint
 from cortex.privacy_api import blueprint as privacy_blueprint
 from cortex.plugins import check_configured_types, collect_types, describe_plugins, make_plugin_manager
@@ -35,7 +36,7 @@ def create_app(
     configuration is unusable, e.g. a sink type no installed plugin provides.
     """
     config = load_config(config_path, overrides)
-    logging.basicConfig(level=config["logging"]["level"], format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(config["logging"])
 
     manager = make_plugin_manager(plugins)
     registry = collect_types(manager)
@@ -66,6 +67,7 @@ def create_app(
     app.register_blueprint(privacy_blueprint)
     app.after_request(add_cors_headers)
     _register_introspection(app, state)
+    install_operations(app, state)
     manager.hook.startup(app=app)
     return app
 

@@ -157,8 +157,11 @@ def serve(bind, workers):
 def worker(once, wait):
     """Run the dispatcher in this process: queue -> enrichers -> sinks."""
     from cortex.dispatcher import Dispatcher, DispatcherLock
+    from cortex.metrics import prepare_multiprocess_dir
 
     cortex_state = state()
+    # the server's /metrics adds up this process's counters too (same directory)
+    prepare_multiprocess_dir(cortex_state.config, clean=False)
     lock = DispatcherLock(cortex_state.config["data_dir"])
     if not lock.acquire(blocking=False):
         if not wait:
@@ -361,7 +364,8 @@ def errors(org, limit, include_replayed, as_json):
         record = row["record"]
         reasons = "; ".join(f"{k}: {' '.join(v)}" for k, v in record["reasons"].items())
         click.echo(f"#{row['id']} {record['received_at']} {record['org']}/{record['app']} "
-                   f"{record['endpoint']} event {record['position']}: {reasons}")
+                   f"{record['endpoint']} event {record['position']}: {reasons}"
+                   + (f" (request {row['request_id']})" if row.get("request_id") else ""))
     if not rows:
         click.echo("(no errors)")
 

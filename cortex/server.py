@@ -20,8 +20,34 @@ def post_worker_init(worker) -> None:
 def worker_exit(server, worker) -> None:
     """gunicorn hook: let the embedded dispatcher finish its batch before the worker exits."""
     from cortex.dispatcher import stop_embedded
+    from cortex.metrics import flush
 
     stop_embedded()
+    flush()
+
+
+def on_starting(server) -> None:
+    """gunicorn hook (master, before the workers fork): put prometheus-client in
+    multiprocess mode and remove the values of processes that are gone."""
+    from cortex.config import load_config
+    from cortex.metrics import prepare_multiprocess_dir
+
+    prepare_multiprocess_dir(load_config(), clean=True)
+
+
+def when_ready(server) -> None:
+    """gunicorn hook (master, listening): serve ``/metrics`` on ``metrics.bind`` if set."""
+    from cortex.config import load_config
+    from cortex.metrics_listener import start_metrics_listener
+
+    start_metrics_listener(load_config(), log=server.log)
+
+
+def child_exit(server, worker) -> None:
+    """gunicorn hook (master, a worker is gone, even by SIGKILL): drop its live gauges."""
+    from cortex.metrics import mark_worker_dead
+
+    mark_worker_dead(worker.pid)
 
 
 def gunicorn_options(config: dict, bind: str | None = None, workers: int | None = None) -> dict[str, Any]:
@@ -42,6 +68,9 @@ def gunicorn_options(config: dict, bind: str | None = None, workers: int | None 
         "control_socket_disable": True,
         "post_worker_init": post_worker_init,
         "worker_exit": worker_exit,
+        "on_starting": on_starting,
+        "when_ready": when_ready,
+        "child_exit": child_exit,
     }
 
 
