@@ -13,10 +13,12 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from cortex.config import load_config
 from cortex.control import ControlStore
-from cortex.ingest.keys import KeyCache
+from cortex.ingest.interactions_views import blueprint as interactions_blueprint
+from cortex.ingest.keys import AppDirectory, KeyCache
 from cortex.ingest.views import add_cors_headers, blueprint as ingest_blueprint
 from cortex.plugins import check_configured_types, collect_types, describe_plugins, make_plugin_manager
 from cortex.queue import SQLiteQueue
+from cortex.ratelimit import RateLimits
 from cortex.state import CortexState
 
 
@@ -50,6 +52,8 @@ def create_app(
         control=control,
         queue=queue,
         keys=KeyCache(control, ttl=config["ingest"]["key_cache_seconds"]),
+        rate_limits=RateLimits(config["rate_limits"]),
+        apps=AppDirectory(control, ttl=config["ingest"]["key_cache_seconds"]),
     )
 
     app = Flask("cortex")
@@ -59,6 +63,7 @@ def create_app(
     if hops:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
     app.register_blueprint(ingest_blueprint)
+    app.register_blueprint(interactions_blueprint)
     app.after_request(add_cors_headers)
     _register_introspection(app, state)
     manager.hook.startup(app=app)

@@ -104,6 +104,9 @@ class Submission:
     accepted_count: int = 0
     duplicate_count: int = 0
     rejected_count: int = 0
+    #: after the commit: the keys of this submission that were new (the others were
+    #: duplicates); the set the commit computes anyway, so reporting it costs nothing
+    fresh_keys: "set[bytes] | frozenset[bytes]" = frozenset()
 
 
 @dataclass
@@ -255,6 +258,7 @@ class SQLiteQueue:
             error_rows = []
             for submission, _ in group:
                 fresh = self._claim_keys(conn, submission.accepted + submission.rejected, seen)
+                submission.fresh_keys = fresh
                 records = [record for key, record in submission.accepted if key in fresh]
                 rejected = [record for key, record in submission.rejected if key in fresh]
                 submission.accepted_count = len(records)
