@@ -30,3 +30,6 @@ preload_app = False
 # Start the embedded dispatcher election in every worker; one of them wins.
 post_worker_init = _options["post_worker_init"]
 worker_exit = _options["worker_exit"]
+
+# Warn at startup when rate limits are counted per worker (memory storage, several workers).
+when_ready = _options["when_ready"]

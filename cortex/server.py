@@ -24,6 +24,18 @@ def worker_exit(server, worker) -> None:
     stop_embedded()
 
 
+def rate_limit_warning(config: dict, workers: int):
+    """A gunicorn ``when_ready`` hook that warns when rate limits are counted per worker."""
+    from cortex.ratelimit import per_worker_warning
+
+    def when_ready(server) -> None:
+        message = per_worker_warning(config["rate_limits"], server.cfg.workers or workers)
+        if message:
+            server.log.warning("%s", message)
+
+    return when_ready
+
+
 def gunicorn_options(config: dict, bind: str | None = None, workers: int | None = None) -> dict[str, Any]:
     """gunicorn settings from Cortex's ``[server]`` table (command-line values win)."""
     server = config["server"]
@@ -42,6 +54,7 @@ def gunicorn_options(config: dict, bind: str | None = None, workers: int | None 
         "control_socket_disable": True,
         "post_worker_init": post_worker_init,
         "worker_exit": worker_exit,
+        "when_ready": rate_limit_warning(config, workers or server["workers"]),
     }
 
 
