@@ -19,6 +19,7 @@ from cortex.ingest.views import add_cors_headers, blueprint as ingest_blueprint
 from cortex.plugins import check_configured_types, collect_types, describe_plugins, make_plugin_manager
 from cortex.queue import SQLiteQueue
 from cortex.ratelimit import RateLimits
+from cortex.snippet import blueprint as snippet_blueprint
 from cortex.state import CortexState
 
 
@@ -64,6 +65,7 @@ def create_app(
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
     app.register_blueprint(ingest_blueprint)
     app.register_blueprint(interactions_blueprint)
+    app.register_blueprint(snippet_blueprint)
     app.after_request(add_cors_headers)
     _register_introspection(app, state)
     manager.hook.startup(app=app)
