@@ -29,6 +29,8 @@ def rate_limit_warning(config: dict, workers: int):
     from cortex.ratelimit import per_worker_warning
 
     def when_ready(server) -> None:
+        if "rate_limits" not in config:  # options made for another app (the benchmark's floor)
+            return
         message = per_worker_warning(config["rate_limits"], server.cfg.workers or workers)
         if message:
             server.log.warning("%s", message)
