@@ -12,7 +12,8 @@ fallback) from ``[rate_limits]`` and bound to a Flask app of its own that serves
 requests: flask-limiter's per-request hooks on the serving app would cost every request
 about 30 µs (measured) to find that no decorated limit applies.
 
-The counters live in the configured storage: ``memory://`` counts per process (with
+The counters live in the configured storage: ``memory://`` counts per process (served by
+:mod:`cortex.ratelimit_storage`, flask-limiter's memory storage without its timer thread; with
 several gunicorn workers each has its own counters, so a client gets up to workers × the
 limit; the server warns at startup), ``redis://host:port`` is shared by all workers and
 nodes.  When the storage cannot be reached the request is let through and the error
@@ -34,6 +35,7 @@ from limits import RateLimitItem, parse_many
 
 from cortex.config import ConfigError, reveal
 from cortex.control import KeyOwner
+from cortex.ratelimit_storage import limiter_uri
 
 log = logging.getLogger("cortex.ratelimit")
 
@@ -105,7 +107,7 @@ class RateLimits:
                               f"not {settings['strategy']!r}")
         limiter = Limiter(
             key_func=lambda: "",
-            storage_uri=self.storage_uri,
+            storage_uri=limiter_uri(self.storage_uri),
             strategy=settings["strategy"],
             swallow_errors=True,
         )
