@@ -281,3 +281,32 @@ def test_replay_queues_refused_events_once_they_are_valid(cortex):
     cortex.cli("replay", "--errors")
     cortex.deliver()
     assert cortex.sql("SELECT count(*) FROM interactions") == [(1,)]
+
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from cortex.ingest.interactions import INTERACTION  # noqa: E402
+
+json_values = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(min_value=-(2**40), max_value=2**40),
+              st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=30)),
+    lambda children: st.one_of(st.lists(children, max_size=4), st.dictionaries(st.text(max_size=8), children, max_size=4)),
+    max_leaves=30,
+)
+interaction_documents = st.dictionaries(
+    st.sampled_from(sorted(INTERACTION.fields) + ["unknown_a"]),
+    st.one_of(json_values, st.sampled_from(["click", "page_view", "9bad", "2024-06-01T13:45:30Z", "biz-1", ""])),
+    max_size=len(INTERACTION.fields) + 1,
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(document=interaction_documents)
+def test_the_compiled_interaction_validator_equals_marshmallow(document):
+    values_fast, _extra, warnings_fast, errors_fast = INTERACTION.load(document)
+    values_slow, warnings_slow, errors_slow = INTERACTION.load_with_marshmallow(document)
+    assert errors_fast == errors_slow
+    if not errors_fast:
+        assert values_fast == values_slow
+        assert sorted(w for w in warnings_fast if "unknown field" not in w) == sorted(warnings_slow)

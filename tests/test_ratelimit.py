@@ -177,3 +177,23 @@ def test_two_gunicorn_workers_share_one_limit_in_redis(tmp_path):
         assert server.sql_rows("SELECT count(*) FROM events") == [(10,)]
     finally:
         server.stop()
+
+
+def test_the_memory_storage_expires_counters_without_starting_threads():
+    import threading
+
+    from cortex.ratelimit_storage import SweepingMemoryStorage
+    from limits import parse
+    from limits.strategies import FixedWindowRateLimiter
+
+    storage = SweepingMemoryStorage("cortex-memory://")
+    limiter = FixedWindowRateLimiter(storage)
+    item = parse("2/second")
+    threads = threading.active_count()
+    assert [limiter.hit(item, "ip", str(i % 50)) for i in range(150)].count(False) == 50
+    assert threading.active_count() <= threads
+    time.sleep(1.1)
+    assert limiter.hit(item, "ip", "0")  # a new window for a client that comes back
+    storage._next_sweep = 0  # the sweep is due: counters of quiet clients are dropped
+    limiter.hit(item, "ip", "0")
+    assert len(storage.storage) == 1
