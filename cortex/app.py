@@ -16,6 +16,7 @@ from cortex.control import ControlStore
 from cortex.ingest.interactions_views import blueprint as interactions_blueprint
 from cortex.ingest.keys import AppDirectory, KeyCache
 from cortex.ingest.views import add_cors_headers, blueprint as ingest_blueprint
+from cortex.privacy_api import blueprint as privacy_blueprint
 from cortex.plugins import check_configured_types, collect_types, describe_plugins, make_plugin_manager
 from cortex.queue import SQLiteQueue
 from cortex.ratelimit import RateLimits
@@ -66,6 +67,7 @@ def create_app(
     app.register_blueprint(ingest_blueprint)
     app.register_blueprint(interactions_blueprint)
     app.register_blueprint(snippet_blueprint)
+    app.register_blueprint(privacy_blueprint)
     app.after_request(add_cors_headers)
     _register_introspection(app, state)
     manager.hook.startup(app=app)
