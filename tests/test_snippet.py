@@ -65,12 +65,14 @@ def start_proxy(target: str, recorded: Recorded) -> tuple[ThreadingHTTPServer, s
         def log_message(self, *args):
             pass
 
-        def _forward(self, body: bytes | None):
+        def _forward(self, body: bytes | None, entry: dict | None = None):
             conn = http.client.HTTPConnection(target_host.hostname, target_host.port, timeout=30)
             headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
             conn.request(self.command, self.path, body=body, headers=headers)
             answer = conn.getresponse()
             data = answer.read()
+            if entry is not None:  # recorded before the client can see the answer
+                entry["status"] = answer.status
             self.send_response(answer.status)
             for name, value in answer.getheaders():
                 if name.lower() not in ("connection", "transfer-encoding", "content-length", "server", "date"):
@@ -79,7 +81,6 @@ def start_proxy(target: str, recorded: Recorded) -> tuple[ThreadingHTTPServer, s
             self.end_headers()
             self.wfile.write(data)
             conn.close()
-            return answer.status
 
         def do_OPTIONS(self):
             self._forward(None)
@@ -101,11 +102,22 @@ def start_proxy(target: str, recorded: Recorded) -> tuple[ThreadingHTTPServer, s
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return
-            entry["status"] = self._forward(body)
+            self._forward(body, entry)
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def wait_for_answers(recorded: Recorded, count: int, timeout: float = 15.0) -> None:
+    """Block until the proxy has answered at least ``count`` POSTs."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with recorded.lock:
+            if len(recorded.posts) >= count and all("status" in p for p in recorded.posts):
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"the proxy answered {len(recorded.posts)} POSTs, not {count}")
 
 
 def start_page_server(pages: dict[str, str]) -> tuple[ThreadingHTTPServer, str]:
@@ -211,9 +223,7 @@ def test_waiting_events_go_out_by_beacon_when_the_page_is_left(browser, setup):
     assert page.evaluate("cortex.pending()") == 3
     assert recorded.posts == []
     page.goto("about:blank")  # pagehide: the snippet hands its queue to sendBeacon
-    deadline = time.monotonic() + 15
-    while not recorded.posts and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_for_answers(recorded, 1)
     assert len(recorded.posts) == 1
     beacon = recorded.posts[0]
     assert beacon["status"] == 200
