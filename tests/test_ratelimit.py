@@ -197,3 +197,39 @@ def test_the_memory_storage_expires_counters_without_starting_threads():
     storage._next_sweep = 0  # the sweep is due: counters of quiet clients are dropped
     limiter.hit(item, "ip", "0")
     assert len(storage.storage) == 1
+
+
+@pytest.mark.parametrize("strategy", ["fixed-window", "moving-window", "sliding-window-counter"])
+def test_every_strategy_limits_with_the_memory_storage(make_cortex, strategy):
+    cortex = make_cortex(rate_limits={"per_key": "3/hour", "per_ip": "", "strategy": strategy})
+    assert [cortex.post(dc_bundle(cortex, i)).status_code for i in range(5)] == [200, 200, 200, 429, 429]
+
+
+@pytest.mark.postgres
+def test_a_postgresql_control_database_of_an_older_cortex_gets_the_new_columns(postgres_url, tmp_path):
+    import sqlalchemy as sa
+
+    name = f"cortex_control_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f"CREATE DATABASE {name}"))
+    url = sa.engine.make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
+    try:
+        engine = sa.create_engine(url)
+        with engine.begin() as conn:
+            conn.execute(sa.text("CREATE TABLE orgs (id SERIAL PRIMARY KEY, slug VARCHAR(64) NOT NULL UNIQUE, "
+                                 "name VARCHAR(200) NOT NULL, created_at TIMESTAMPTZ NOT NULL)"))
+            conn.execute(sa.text("CREATE TABLE apps (id SERIAL PRIMARY KEY, org_id INTEGER NOT NULL REFERENCES orgs(id), "
+                                 "name VARCHAR(64) NOT NULL, strict BOOLEAN, created_at TIMESTAMPTZ NOT NULL)"))
+            conn.execute(sa.text("INSERT INTO orgs (slug, name, created_at) VALUES ('demo', 'demo', now())"))
+            conn.execute(sa.text("INSERT INTO apps (org_id, name, created_at) VALUES (1, 'default', now())"))
+        engine.dispose()
+        app = create_app(overrides={"data_dir": str(tmp_path), "control_db": url, "logging": {"level": "WARNING"}})
+        control = app.extensions["cortex"].control
+        control.set_app_rate_limits("demo", "default", per_key="7/minute")
+        assert [(a["name"], a["rate_limit_per_key"]) for a in control.list_apps()] == [("default", "7/minute")]
+        control.dispose()
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        admin.dispose()
