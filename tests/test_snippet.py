@@ -259,6 +259,19 @@ def test_a_failing_server_is_retried_with_backoff_and_nothing_is_stored_twice(br
     assert [e["event_type"] for e in interactions(server)] == ["page_view", "form_submit"]
 
 
+def test_a_batch_larger_than_a_keepalive_request_is_sent_too(browser, setup):
+    server, recorded, proxy_url, page_url, pages = setup
+    pages["/big"] = page_html(server, proxy_url, "", flush_interval="200", batch_size="100")
+    page = browser.new_page()
+    page.goto(f"{page_url}/big")
+    # about 90 KB in one batch: browsers refuse keepalive fetches over 64 KiB
+    page.evaluate("for (var i = 0; i < 40; i++) trackEvent('review', {text: 'é'.repeat(1000), n: i})")
+    page.wait_for_function("cortex.pending() === 0", timeout=15_000)
+    page.close()
+    assert [p["status"] for p in recorded.posts] == [200]
+    assert len(interactions(server)) == 41
+
+
 def test_events_wait_in_local_storage_while_cortex_is_unreachable(browser, setup):
     server, recorded, proxy_url, page_url, pages = setup
     pages["/offline"] = page_html(server, "http://127.0.0.1:9", "", flush_interval="100")

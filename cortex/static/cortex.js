@@ -126,6 +126,7 @@
   }
 
   // sending -------------------------------------------------------------------------
+  function byteLength(text) { return new Blob([text]).size; }
   function batchUrl(withKey) {
     var url = settings.endpoint.replace(/\/+$/, "") + "/api/v1/interactions/batch?current_time=" +
       encodeURIComponent(new Date().toISOString());
@@ -159,12 +160,15 @@
     if (timer) { window.clearTimeout(timer); timer = null; }
     if (stopped || sending || !queue.length || !settings.apiKey) return;
     var batch = queue.slice(0, settings.batchSize);
+    var body = JSON.stringify(batch);
     sending = true;
     window.fetch(batchUrl(false), {
       method: "POST",
       headers: {"Content-Type": "application/json", "X-API-Key": settings.apiKey},
-      body: JSON.stringify(batch),
-      keepalive: true,
+      body: body,
+      // keepalive lets a batch finish when the page goes away, but browsers refuse it
+      // for bodies over 64 KiB
+      keepalive: byteLength(body) < BEACON_MAX_BYTES,
       credentials: "omit"
     }).then(function (response) {
       sending = false;
@@ -199,7 +203,7 @@
       var chunk = [];
       var size = 2;
       for (var i = start; i < waiting.length; i++) {
-        var piece = JSON.stringify(waiting[i]).length + 1;
+        var piece = byteLength(JSON.stringify(waiting[i])) + 1;
         if (chunk.length && (size + piece > BEACON_MAX_BYTES || chunk.length >= 500)) break;
         chunk.push(waiting[i]);
         size += piece;
