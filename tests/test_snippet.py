@@ -53,6 +53,8 @@ class Recorded:
     def __init__(self):
         self.posts: list[dict] = []
         self.fail_next = 0
+        #: bodies larger than this are answered 413, as a reverse proxy's body limit would
+        self.max_body: int | None = None
         self.lock = threading.Lock()
 
 
@@ -93,6 +95,13 @@ def start_proxy(target: str, recorded: Recorded) -> tuple[ThreadingHTTPServer, s
                 recorded.posts.append(entry)
                 fail = recorded.fail_next > 0
                 recorded.fail_next -= fail
+            if recorded.max_body is not None and len(body) > recorded.max_body:
+                entry["status"] = 413
+                self.send_response(413)
+                self.send_header("Access-Control-Allow-Origin", "*")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             if fail:
                 entry["status"] = 503
                 self.send_response(503)
@@ -183,7 +192,7 @@ def test_events_are_batched_sent_and_stored_with_a_persistent_anonymous_id(brows
             trackEvent("click", {button_id: "buy"});
             trackEvent("purchase", {amount: 49.99, currency: "USD"});
           });
-        </script>""", flush_interval="300", batch_size="20")
+        </script>""", flush_interval="2000", batch_size="3")
     context = browser.new_context()
     page = context.new_page()
     page.goto(f"{page_url}/shop?utm_source=newsletter")
@@ -244,7 +253,8 @@ def test_waiting_events_go_out_by_beacon_when_the_page_is_left(browser, setup):
 def test_a_failing_server_is_retried_with_backoff_and_nothing_is_stored_twice(browser, setup):
     server, recorded, proxy_url, page_url, pages = setup
     recorded.fail_next = 2
-    pages["/retry"] = page_html(server, proxy_url, "", flush_interval="100", batch_size="20")
+    # the second event fills the batch: both always travel together
+    pages["/retry"] = page_html(server, proxy_url, "", flush_interval="600000", batch_size="2")
     page = browser.new_page()
     page.goto(f"{page_url}/retry")
     page.evaluate("trackEvent('form_submit', {form: 'signup'})")
@@ -269,6 +279,24 @@ def test_a_batch_larger_than_a_keepalive_request_is_sent_too(browser, setup):
     page.wait_for_function("cortex.pending() === 0", timeout=15_000)
     page.close()
     assert [p["status"] for p in recorded.posts] == [200]
+    assert len(interactions(server)) == 41
+
+
+def test_a_batch_too_large_for_the_server_is_sent_in_halves(browser, setup):
+    server, recorded, proxy_url, page_url, pages = setup
+    recorded.max_body = 30_000
+    pages["/halves"] = page_html(server, proxy_url, "", flush_interval="200", batch_size="100")
+    page = browser.new_page()
+    page.goto(f"{page_url}/halves")
+    page.evaluate("for (var i = 0; i < 40; i++) trackEvent('review', {text: 'x'.repeat(2000), n: i})")
+    page.wait_for_function("cortex.pending() === 0", timeout=15_000)
+    page.close()
+    sizes = [(len(p["events"]), p["status"]) for p in recorded.posts]
+    assert 413 in {status for _, status in sizes}, sizes
+    for (count, status), (next_count, _) in zip(sizes, sizes[1:]):
+        if status == 413:
+            assert next_count == count // 2, sizes
+    assert sizes[-1][1] == 200
     assert len(interactions(server)) == 41
 
 

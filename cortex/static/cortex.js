@@ -19,8 +19,9 @@
  * - Waiting events are kept in localStorage, so a reload or a closed tab loses nothing.
  * - 429, 503, other 5xx and network errors are retried with exponential backoff (and
  *   Retry-After when the server sends one); every event has an event_id (a UUIDv7), so a
- *   retry is never stored twice.  400 and 413 drop the batch (sending it again cannot
- *   help); 401 stops sending (the key is wrong).
+ *   retry is never stored twice.  413 splits the batch in halves; 400, and 413 for a
+ *   single event, drop it (sending it again cannot help); 401 stops sending (the key is
+ *   wrong).
  * - An anonymous id, kept in localStorage, is every event's user_id until identify().
  */
 (function (window) {
@@ -47,6 +48,7 @@
   var retryDelay = 0;
   var stopped = false;
   var beaconed = {};       // event_id -> true: already in a beacon from this page
+  var batchLimit = Infinity; // lowered when the server answered 413 to a batch
   var anonymousId = null;
   var userId = null;
   var started = false;
@@ -159,7 +161,7 @@
   function flush() {
     if (timer) { window.clearTimeout(timer); timer = null; }
     if (stopped || sending || !queue.length || !settings.apiKey) return;
-    var batch = queue.slice(0, settings.batchSize);
+    var batch = queue.slice(0, Math.min(settings.batchSize, batchLimit));
     var body = JSON.stringify(batch);
     sending = true;
     window.fetch(batchUrl(false), {
@@ -172,7 +174,11 @@
       credentials: "omit"
     }).then(function (response) {
       sending = false;
-      if (response.status === 200 || response.status === 400 || response.status === 413) {
+      if (response.status === 413 && batch.length > 1) {
+        // too large for the server: send halves (a single event too large is dropped below)
+        batchLimit = Math.max(1, Math.floor(batch.length / 2));
+        schedule(0);
+      } else if (response.status === 200 || response.status === 400 || response.status === 413) {
         if (response.status === 200) stats.sent += batch.length; else stats.failed += batch.length;
         retryDelay = 0;
         forget(batch);
