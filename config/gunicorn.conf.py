@@ -31,8 +31,9 @@ preload_app = False
 post_worker_init = _options["post_worker_init"]
 worker_exit = _options["worker_exit"]
 
-# Prometheus metrics: multiprocess mode set up in the master before the workers fork,
-# /metrics on metrics.bind if set, and the values of dead workers accounted for.
+# Master hooks: Prometheus multiprocess mode set up before the workers fork, /metrics on
+# metrics.bind if set, the values of dead workers accounted for, and a warning at startup
+# when rate limits are counted per worker (memory storage, several workers).
 on_starting = _options["on_starting"]
 when_ready = _options["when_ready"]
 child_exit = _options["child_exit"]

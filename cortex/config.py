@@ -78,6 +78,21 @@ DEFAULTS: dict[str, Any] = {
         # seconds between attempts to open an enricher that failed to open
         "enricher_reopen_interval": 30.0,
     },
+    "interactions": {
+        # events in one POST /api/v1/interactions/batch
+        "max_events_per_batch": 500,
+    },
+    "rate_limits": {
+        "enabled": True,
+        # flask-limiter notation ("100/second;5000/hour"); "" means no limit.  Apps may set
+        # their own (cortex apps set-limits).  Counted in requests.
+        "per_key": "5000/second",
+        "per_ip": "5000/second",
+        # "memory://" (per process) or "redis://host:port" (shared by workers and nodes)
+        "storage_uri": "memory://",
+        "strategy": "fixed-window",
+        "key_prefix": "cortex",
+    },
     "sinks": {
         "sql": {"type": "sql"},
     },
@@ -276,6 +291,7 @@ def finish(config: dict) -> dict:
     _check_number(config, "ingest", "max_events_per_bundle", minimum=1)
     _check_number(config, "server", "workers", minimum=1)
     _check_operations(config)
+    _check_number(config, "interactions", "max_events_per_batch", minimum=1)
     _check_retention(config)
     return config
 

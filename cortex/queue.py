@@ -115,6 +115,9 @@ class Submission:
     rejected_count: int = 0
     #: the rejected records that were stored (not duplicates), once committed
     stored_rejected: list[dict] = field(default_factory=list)
+    #: after the commit: the keys of this submission that were new (the others were
+    #: duplicates); the set the commit computes anyway, so reporting it costs nothing
+    fresh_keys: "set[bytes] | frozenset[bytes]" = frozenset()
 
 
 @dataclass
@@ -267,6 +270,7 @@ class SQLiteQueue:
             error_rows = []
             for submission, _ in group:
                 fresh = self._claim_keys(conn, submission.accepted + submission.rejected, seen)
+                submission.fresh_keys = fresh
                 records = [record for key, record in submission.accepted if key in fresh]
                 rejected = [record for key, record in submission.rejected if key in fresh]
                 submission.accepted_count = len(records)

@@ -50,6 +50,31 @@ def child_exit(server, worker) -> None:
     mark_worker_dead(worker.pid)
 
 
+def rate_limit_warning(config: dict, workers: int):
+    """A gunicorn ``when_ready`` hook that warns when rate limits are counted per worker."""
+    from cortex.ratelimit import per_worker_warning
+
+    def when_ready(server) -> None:
+        if "rate_limits" not in config:  # options made for another app (the benchmark's floor)
+            return
+        message = per_worker_warning(config["rate_limits"], server.cfg.workers or workers)
+        if message:
+            server.log.warning("%s", message)
+
+    return when_ready
+
+
+def when_ready_in_order(*hooks):
+    """One gunicorn ``when_ready(server)`` hook that calls ``hooks`` in order (gunicorn
+    checks a hook's arity, so this takes exactly one argument)."""
+
+    def when_ready_all(server) -> None:
+        for hook in hooks:
+            hook(server)
+
+    return when_ready_all
+
+
 def gunicorn_options(config: dict, bind: str | None = None, workers: int | None = None) -> dict[str, Any]:
     """gunicorn settings from Cortex's ``[server]`` table (command-line values win)."""
     server = config["server"]
@@ -69,7 +94,7 @@ def gunicorn_options(config: dict, bind: str | None = None, workers: int | None 
         "post_worker_init": post_worker_init,
         "worker_exit": worker_exit,
         "on_starting": on_starting,
-        "when_ready": when_ready,
+        "when_ready": when_ready_in_order(when_ready, rate_limit_warning(config, workers or server["workers"])),
         "child_exit": child_exit,
     }
 

@@ -81,6 +81,10 @@ def ingest(org: str, endpoint: str) -> Response:
         return text_response(403, "unknown or revoked API key; check the key configured in the app")
     if owner.org != org:
         return text_response(403, f"this API key is not valid for org {org!r}; check the URL and the key")
+    verdict = state.rate_limits.check(owner, request.remote_addr, describe=False)
+    if not verdict.allowed:
+        # every Data Cortex SDK resends the same events after a 429: nothing is lost
+        return text_response(429, "rate limit exceeded; retry later", **verdict.headers())
 
     timing = Timing.parse(
         now_utc(),
