@@ -10,7 +10,9 @@ for the generic API its ``user_id``), ``user`` (the user tag when known, else th
 ``kingdom`` … ``species`` and ``revenue_usd`` (economy events and generic purchases: the
 converted amount, or the amount itself when it is in USD).
 
-``source`` is the generic API's ``source``; on Data Cortex events it is a ``source`` field
+For the generic API, ``os`` and ``device_type`` are the enrichers' typed columns, else
+``device_info``'s; revenue is ``amount_usd`` (the currency enricher's), else
+``event_properties.amount`` when its currency is USD.  ``source`` is the generic API's ``source``; on Data Cortex events it is a ``source`` field
 the SDK sent (kept in ``extra``).  The filters are applied inside each table's select, so
 that the ``(org, event_time)`` index does the work.
 """
@@ -73,11 +75,17 @@ def _interaction_columns(table: sa.Subquery) -> dict[str, Any]:
     c = table.c
     currency = sa.func.upper(c.event_properties["currency"].as_string())
     revenue = sa.case((currency == "USD", c.event_properties["amount"].as_float()), else_=None)
+    if "amount_usd" in c:  # set by the currency enricher
+        revenue = sa.func.coalesce(c.amount_usd, revenue)
+    os = c.device_info["os"].as_string()
+    device_type = c.device_info["device_type"].as_string()
+    if "os" in c:  # typed columns the device enricher fills
+        os = sa.func.coalesce(c.os, os)
+        device_type = sa.func.coalesce(c.device_type, device_type)
     columns = {
         "id": c.id, "app": c.app, "type": c.event_type, "time": c.event_time, "device": c.user_id,
         "user": c.user_id, "app_ver": c.device_info["app_version"].as_string(),
-        "os": c.device_info["os"].as_string(), "device_type": c.device_info["device_type"].as_string(),
-        "country": c.country, "source": c.source,
+        "os": os, "device_type": device_type, "country": c.country, "source": c.source,
     }
     for level in TAXONOMY:
         columns[level] = _null()

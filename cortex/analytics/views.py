@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
+from flask import Blueprint, Response, current_app, g, jsonify, request, stream_with_context
 from marshmallow import ValidationError
 
 from cortex.accounts import ROLE_RANK
@@ -66,19 +66,39 @@ def _no_store(response: Response) -> Response:
     return response
 
 
-def _org_argument() -> str | None:
-    return request.args.get("business_id") or request.args.get("org")
+def _org_and_app(caller) -> tuple[str | None, str | None]:
+    """The org asked for, and the app when ``business_id`` named one.
+
+    ``org`` names an org.  ``business_id`` names an org the caller belongs to or, as in the
+    generic interactions API (where ``business_id`` is an app of the key's org), an app of
+    exactly one of the caller's orgs; only the caller's own orgs are looked in, so the
+    answer about anybody else's is the same 404 as for a name that exists nowhere.
+    """
+    org = request.args.get("org")
+    business = request.args.get("business_id")
+    if org or not business or caller.role_in(business) is not None:
+        return org or business, None
+    control = current_app.extensions["cortex"].control
+    owners = [name for name in caller.roles if any(app["name"] == business for app in control.list_apps(name))]
+    if len(owners) == 1:
+        return owners[0], business
+    return business, None
 
 
 def _scope(role: str) -> Scope:
     """The caller's scope for the org asked for; checked before anything else is read."""
     caller = current_caller()
-    return scope_for(caller, _org_argument(), analytics_store_of(current_app.extensions["cortex"]), role)
+    org, app = _org_and_app(caller)
+    scope = scope_for(caller, org, analytics_store_of(current_app.extensions["cortex"]), role)
+    g.business_app = app
+    return scope
 
 
 def _arguments(schema: type, scope: Scope) -> dict[str, Any]:
     arguments = schema().load(request.args)
-    arguments["business_id"] = scope.org
+    arguments["business_id"] = request.args.get("business_id") or scope.org
+    if g.get("business_app"):
+        arguments["app"] = [g.business_app]
     return arguments
 
 
@@ -150,7 +170,8 @@ def analytics_events():
     scope = _scope("viewer")
     arguments = _arguments(S.FilterSchema, scope)
     result = answer("events", scope, arguments)
-    return jsonify({"business_id": scope.org, "event_type": arguments.get("event_type"), **_range(arguments),
+    return jsonify({"business_id": arguments["business_id"], "org": scope.org,
+                    "event_type": arguments.get("event_type"), **_range(arguments),
                     "bucket": arguments["bucket"], **result})
 
 
@@ -160,7 +181,8 @@ def _query_view(name: str):
     def view():
         scope = _scope(query.role)
         arguments = _arguments(query.arguments, scope)
-        return jsonify({"business_id": scope.org, **_range(arguments), **query.run(scope, arguments)})
+        return jsonify({"business_id": arguments["business_id"], "org": scope.org, **_range(arguments),
+                        **query.run(scope, arguments)})
 
     view.__name__ = f"query_{name.replace('-', '_')}"
     view.__doc__ = query.summary
@@ -201,7 +223,10 @@ def export_view():
     """Raw events (``query=events``) or a query's result as CSV or JSON Lines, streamed."""
     scope = _scope("analyst")
     arguments = _arguments(S.ExportSchema, scope)
-    rows, columns = export.export_rows(scope, arguments["query"], request.args)
+    query_arguments = request.args.copy()
+    if g.get("business_app"):
+        query_arguments["app"] = g.business_app
+    rows, columns = export.export_rows(scope, arguments["query"], query_arguments)
     fmt = arguments["format"]
     body = export.csv_lines(rows, columns) if fmt == "csv" else export.jsonl_lines(rows)
     filename = f"{scope.org}-{arguments['query']}.{fmt}"

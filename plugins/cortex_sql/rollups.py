@@ -160,10 +160,12 @@ def normalise(record: dict[str, Any]) -> dict[str, Any] | None:
         device = record.get("user_id")
         source = record.get("source")
         details = record.get("device_info") if isinstance(record.get("device_info"), dict) else {}
-        details = {"os": details.get("os"), "device_type": details.get("device_type"),
+        details = {"os": _first_present(record.get("os"), details.get("os")),
+                   "device_type": _first_present(record.get("device_type"), details.get("device_type")),
                    "app_ver": details.get("app_version"), "country": record.get("country")}
         props = record.get("event_properties") if isinstance(record.get("event_properties"), dict) else {}
-        revenue = _usd(props.get("currency"), props.get("amount"))
+        usd = record.get("amount_usd")
+        revenue = float(usd) if usd is not None else _usd(props.get("currency"), props.get("amount"))
         kingdom = None
     if not device:
         return None
@@ -174,6 +176,11 @@ def normalise(record: dict[str, Any]) -> dict[str, Any] | None:
         "country": _text(details.get("country"), 2), "app_ver": _text(details.get("app_ver"), 16),
         "source": _text(source, 256), "revenue_usd": revenue,
     }
+
+
+def _first_present(value: Any, fallback: Any) -> Any:
+    """``value`` unless it is None (as SQL's COALESCE)."""
+    return fallback if value is None else value
 
 
 def _greatest(dialect_name: str, a, b):
@@ -363,8 +370,12 @@ def _raw_stream(dialect: str, raw: dict[str, sa.Table], org: str, start: date, e
             props = t.c.event_properties
             revenue = sa.case((sa.func.upper(props["currency"].as_string()) == "USD",
                                sa.func.coalesce(props["amount"].as_float(), 0.0)), else_=0.0)
+            os, device_type = info["os"].as_string(), info["device_type"].as_string()
+            if "amount_usd" in t.c:  # the enrichers' typed columns
+                revenue = sa.func.coalesce(t.c.amount_usd, revenue)
+                os, device_type = sa.func.coalesce(t.c.os, os), sa.func.coalesce(t.c.device_type, device_type)
             columns = {"app": t.c.app, "device": t.c.user_id, "type": t.c.event_type, "kingdom": sa.null(),
-                       "os": info["os"].as_string(), "device_type": info["device_type"].as_string(),
+                       "os": os, "device_type": device_type,
                        "country": t.c.country, "app_ver": info["app_version"].as_string(), "source": t.c.source}
         else:
             type_column = t.c.type if "type" in t.c else sa.literal({"economy": "economy", "links": "link",

@@ -8,7 +8,8 @@ One table per event family, as a reporting user expects to find them:
 - ``messages``: track ``message_send`` and ``message_click`` (column ``type``)
 - ``experiments``: track ``experiment``
 - ``app_logs``: app_log lines
-- ``interactions``: the generic interactions API (its ``type`` is ``event_type``)
+- ``interactions``: the generic interactions API (its ``type`` is ``event_type``; plus
+  ``amount_usd``, ``usd_rate_date`` of purchases and the device and language enrichers' fields)
 - ``ingest_errors``: rejected events, with their reasons, payload and bundle
 
 Besides these, the rollup tables of :mod:`cortex_sql.rollups` hold per-day aggregates.
@@ -213,6 +214,11 @@ def _interaction_columns() -> list[sa.Column]:
         sa.Column("country", sa.String(2)),
         *_enrichment_columns(),
         *_tail_columns(),
+        # filled by the language, device and currency enrichers (migration 0002)
+        *(sa.Column(name, sa.String(16)) for name in ("language", "browser", "browser_ver", "os", "os_ver",
+                                                       "device_type")),
+        sa.Column("amount_usd", sa.Double),
+        sa.Column("usd_rate_date", sa.Date),
     ]
 
 
@@ -226,6 +232,8 @@ def _error_columns() -> list[sa.Column]:
         sa.Column("reasons", json_type()),
         sa.Column("payload", json_type()),
         sa.Column("bundle", json_type()),
+        # the X-Request-Id of the request that sent the event (request logs, client support)
+        sa.Column("request_id", sa.String(128)),
     ]
 
 

@@ -4,8 +4,8 @@ Frozen definitions as of this revision (see :mod:`cortex_sql.rollups` for what t
 A database that held events before this revision has empty rollups for them: rebuild them
 with ``cortex rollups rebuild --org ORG --from DAY --to DAY``.
 
-Revision ID: 0002_rollups
-Revises: 0001
+Revision ID: 0004
+Revises: 0003
 Create Date: 2026-11-23
 """
 
@@ -14,8 +14,8 @@ from alembic import op
 
 from cortex_sql.migrate import migration_options
 
-revision = "0002_rollups"
-down_revision = "0001"
+revision = "0004"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 
