@@ -7,7 +7,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from cortex.analytics.scope import Scope
-from cortex.analytics.sqlfuncs import bucket
+from cortex.analytics.sqlfuncs import bucket, count_distinct
 from cortex.analytics.stream import event_stream
 
 
@@ -21,11 +21,11 @@ def event_summary(scope: Scope, filters: dict[str, Any]) -> dict[str, Any]:
     stream = event_stream(scope, filters)
     period = _period(scope, stream, filters["bucket"])
     series_query = (
-        sa.select(period, sa.func.count().label("count"), sa.func.count(sa.distinct(stream.c.device)).label("users"))
+        sa.select(period, sa.func.count().label("count"), count_distinct(scope.dialect, stream.c.device).label("users"))
         .group_by(period).order_by(period)
     )
     totals_query = sa.select(
-        sa.func.count(), sa.func.count(sa.distinct(stream.c.device)), sa.func.coalesce(sa.func.sum(stream.c.revenue_usd), 0.0)
+        sa.func.count(), count_distinct(scope.dialect, stream.c.device), sa.func.coalesce(sa.func.sum(stream.c.revenue_usd), 0.0)
     )
     with scope.connect() as conn:
         series = [{"period": p, "count": n, "users": u} for p, n, u in conn.execute(series_query)]
@@ -58,7 +58,7 @@ def breakdown(scope: Scope, filters: dict[str, Any]) -> dict[str, Any]:
     value = stream.c[filters["dimension"]].label("value")
     events = sa.func.count().label("events")
     query = (
-        sa.select(value, events, sa.func.count(sa.distinct(stream.c.device)).label("users"),
+        sa.select(value, events, count_distinct(scope.dialect, stream.c.device).label("users"),
                   sa.func.coalesce(sa.func.sum(stream.c.revenue_usd), 0.0).label("revenue_usd"))
         .group_by(value).order_by(events.desc(), value).limit(filters["limit"])
     )

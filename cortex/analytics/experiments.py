@@ -7,6 +7,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from cortex.analytics.scope import Scope
+from cortex.analytics.sqlfuncs import count_distinct
 from cortex.analytics.stream import event_stream
 
 
@@ -45,8 +46,8 @@ def experiments(scope: Scope, filters: dict[str, Any]) -> dict[str, Any]:
     revenue = sa.case((after, stream.c.revenue_usd), else_=None)
     query = (
         sa.select(assignments.c.experiment, assignments.c.variant,
-                  sa.func.count(sa.distinct(assignments.c.device)),
-                  sa.func.count(sa.distinct(converted)),
+                  count_distinct(scope.dialect, assignments.c.device),
+                  count_distinct(scope.dialect, converted),
                   sa.func.coalesce(sa.func.sum(revenue), 0.0))
         .select_from(assignments.outerjoin(stream, stream.c.device == assignments.c.device))
         .group_by(assignments.c.experiment, assignments.c.variant)

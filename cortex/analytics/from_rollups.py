@@ -16,7 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from cortex.analytics.scope import Scope
-from cortex.analytics.sqlfuncs import day_bucket
+from cortex.analytics.sqlfuncs import day_bucket, count_distinct
 
 TYPE_BITS = {"install": 1, "dau": 2, "event": 4, "economy": 8, "link": 16, "message_send": 32,
              "message_click": 64, "experiment": 128}
@@ -137,12 +137,12 @@ def event_summary(scope: Scope, filters: dict[str, Any]) -> dict[str, Any]:
     with scope.connect() as conn:
         counts = dict(conn.execute(sa.select(period, sa.func.sum(events.c.events)).where(*where).group_by(period)).all())
         users = dict(conn.execute(
-            sa.select(device_period, sa.func.count(sa.distinct(days.c.device))).where(*conditions).group_by(device_period)
+            sa.select(device_period, count_distinct(scope.dialect, days.c.device)).where(*conditions).group_by(device_period)
         ).all())
         total, revenue = conn.execute(sa.select(
             sa.func.coalesce(sa.func.sum(events.c.events), 0), sa.func.coalesce(sa.func.sum(events.c.revenue_usd), 0.0)
         ).where(*where)).one()
-        unique = conn.execute(sa.select(sa.func.count(sa.distinct(days.c.device))).where(*conditions)).scalar_one()
+        unique = conn.execute(sa.select(count_distinct(scope.dialect, days.c.device)).where(*conditions)).scalar_one()
     series = [{"period": _label(p), "count": int(counts[p]), "users": users.get(p, 0)} for p in sorted(counts)]
     return {"total": int(total), "unique_users": unique, "revenue_usd": round(float(revenue), 6), "series": series}
 
@@ -182,7 +182,7 @@ def active_users(scope: Scope, filters: dict[str, Any]) -> dict[str, Any]:
     period = day_bucket(scope.dialect, days.c.day, filters["bucket"]).label("period")
     new = sa.case((days.c.is_first == 1, days.c.device), else_=None)
     query = (
-        sa.select(period, sa.func.count(sa.distinct(days.c.device)), sa.func.count(sa.distinct(new)))
+        sa.select(period, count_distinct(scope.dialect, days.c.device), count_distinct(scope.dialect, new))
         .where(*conditions).group_by(period).order_by(period)
     )
     with scope.connect() as conn:
@@ -197,13 +197,13 @@ def revenue(scope: Scope, filters: dict[str, Any]) -> dict[str, Any]:
     period = day_bucket(scope.dialect, days.c.day, filters["bucket"]).label("period")
     paying = sa.case((days.c.revenue_usd > 0, days.c.device), else_=None)
     series_query = (
-        sa.select(period, sa.func.coalesce(sa.func.sum(days.c.revenue_usd), 0.0), sa.func.count(sa.distinct(paying)),
-                  sa.func.count(sa.distinct(days.c.device)))
+        sa.select(period, sa.func.coalesce(sa.func.sum(days.c.revenue_usd), 0.0), count_distinct(scope.dialect, paying),
+                  count_distinct(scope.dialect, days.c.device))
         .where(*conditions).group_by(period).order_by(period)
     )
-    totals_query = sa.select(sa.func.coalesce(sa.func.sum(days.c.revenue_usd), 0.0), sa.func.count(sa.distinct(paying)),
-                             sa.func.count(sa.distinct(days.c.device))).where(*conditions)
-    daily = sa.select(days.c.day, sa.func.count(sa.distinct(days.c.device)).label("dau")).where(*conditions) \
+    totals_query = sa.select(sa.func.coalesce(sa.func.sum(days.c.revenue_usd), 0.0), count_distinct(scope.dialect, paying),
+                             count_distinct(scope.dialect, days.c.device)).where(*conditions)
+    daily = sa.select(days.c.day, count_distinct(scope.dialect, days.c.device).label("dau")).where(*conditions) \
         .group_by(days.c.day).subquery("daily")
     with scope.connect() as conn:
         series = [
@@ -229,7 +229,7 @@ def breakdown(scope: Scope, filters: dict[str, Any]) -> dict[str, Any]:
             sa.select(_event_column(events, dimension), sa.func.sum(events.c.events), sa.func.sum(events.c.revenue_usd))
             .where(*_event_where(events, filters, dimension)).group_by(_event_column(events, dimension)))}
         users = dict(conn.execute(
-            sa.select(days.c[dimension], sa.func.count(sa.distinct(days.c.device)))
+            sa.select(days.c[dimension], count_distinct(scope.dialect, days.c.device))
             .where(*conditions).group_by(days.c[dimension])).all())
     rows = [{"value": value or None, "events": e, "users": users.get(value, 0), "revenue_usd": round(r, 6)}
             for value, (e, r) in totals.items()]
@@ -260,7 +260,7 @@ def retention(scope: Scope, filters: dict[str, Any]) -> dict[str, Any]:
             on = (device_days.c.device == cohorts.c.device) & (device_days.c.day == shifted)
             if filters.get("app"):
                 on = on & device_days.c.app.in_(filters["app"])
-            query = (sa.select(cohorts.c.day, sa.func.count(sa.distinct(cohorts.c.device)))
+            query = (sa.select(cohorts.c.day, count_distinct(scope.dialect, cohorts.c.device))
                      .select_from(cohorts.join(device_days, on)).group_by(cohorts.c.day))
             for cohort, count in conn.execute(query):
                 results[(_as_date(cohort), day)] = count

@@ -7,7 +7,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from cortex.analytics.scope import Scope
-from cortex.analytics.sqlfuncs import bucket
+from cortex.analytics.sqlfuncs import bucket, count_distinct
 from cortex.analytics.stream import event_stream
 
 
@@ -24,13 +24,13 @@ def revenue(scope: Scope, filters: dict[str, Any]) -> dict[str, Any]:
     period = bucket(dialect, stream.c.time, filters["bucket"]).label("period")
     series_query = (
         sa.select(period, sa.func.coalesce(sa.func.sum(stream.c.revenue_usd), 0.0),
-                  sa.func.count(sa.distinct(paying)), sa.func.count(sa.distinct(stream.c.device)))
+                  count_distinct(scope.dialect, paying), count_distinct(scope.dialect, stream.c.device))
         .group_by(period).order_by(period)
     )
     totals_query = sa.select(sa.func.coalesce(sa.func.sum(stream.c.revenue_usd), 0.0),
-                             sa.func.count(sa.distinct(paying)), sa.func.count(sa.distinct(stream.c.device)))
+                             count_distinct(scope.dialect, paying), count_distinct(scope.dialect, stream.c.device))
     day = bucket(dialect, stream.c.time, "day").label("day")
-    daily = sa.select(day, sa.func.count(sa.distinct(stream.c.device)).label("dau")).group_by(day).subquery("daily")
+    daily = sa.select(day, count_distinct(scope.dialect, stream.c.device).label("dau")).group_by(day).subquery("daily")
     dau_query = sa.select(sa.func.coalesce(sa.func.sum(daily.c.dau), 0))
     with scope.connect() as conn:
         series = [

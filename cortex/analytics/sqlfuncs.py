@@ -57,3 +57,12 @@ def day_bucket(dialect: str, day, size: str):
     if dialect == "sqlite":
         return _SQLITE_BUCKETS[size](day)
     return sa.func.to_char(sa.func.date_trunc(size, sa.cast(day, sa.DateTime)), _PG_FORMATS[size])
+
+
+def count_distinct(dialect: str, value):
+    """``count(DISTINCT value)``; on PostgreSQL compared bytewise (``COLLATE "C"``), which
+    gives the same count for the ids counted here and sorts several times faster than a
+    language collation."""
+    if dialect == "postgresql":
+        value = value.collate("C")
+    return sa.func.count(sa.distinct(value))

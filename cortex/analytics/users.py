@@ -8,7 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from cortex.analytics.scope import Scope
-from cortex.analytics.sqlfuncs import bucket, day_number
+from cortex.analytics.sqlfuncs import bucket, day_number, count_distinct
 from cortex.analytics.stream import FILTER_COLUMNS, event_stream
 
 
@@ -33,7 +33,7 @@ def active_users(scope: Scope, filters: dict[str, Any]) -> dict[str, Any]:
     period = bucket(scope.dialect, rows.c.time, filters["bucket"]).label("period")
     new = sa.case((bucket(scope.dialect, rows.c.first_time, filters["bucket"]) == period, rows.c[who]), else_=None)
     query = (
-        sa.select(period, sa.func.count(sa.distinct(rows.c[who])), sa.func.count(sa.distinct(new)))
+        sa.select(period, count_distinct(scope.dialect, rows.c[who]), count_distinct(scope.dialect, new))
         .where(*conditions).group_by(period).order_by(period)
     )
     with scope.connect() as conn:
@@ -78,7 +78,7 @@ def retention(scope: Scope, filters: dict[str, Any]) -> dict[str, Any]:
         matching = event_stream(scope, {**history, **dimensions}, types=["install"], with_time_range=False)
         conditions.append(rows.c.device.in_(sa.select(matching.c.device)))
     retained_query = (
-        sa.select(rows.c.cohort, offset, sa.func.count(sa.distinct(rows.c.device)))
+        sa.select(rows.c.cohort, offset, count_distinct(scope.dialect, rows.c.device))
         .where(*conditions, offset.in_([0, *days]))
         .group_by(rows.c.cohort, offset)
     )
