@@ -49,6 +49,11 @@ DEFAULTS: dict[str, Any] = {
         "strict": False,
         # seconds an API key lookup is cached per process (revocation takes effect within it)
         "key_cache_seconds": 5,
+        # hostile-input bounds of the request body (cortex/ingest/body.py)
+        "max_decoded_bytes": 8_388_608,
+        "max_compression_ratio": 100,
+        "max_json_depth": 32,
+        "max_string_chars": 262_144,
     },
     "queue": {
         "backend": "sqlite",
@@ -219,6 +224,10 @@ def finish(config: dict) -> dict:
     _check_number(config, "ingest", "max_body_bytes", minimum=1024)
     _check_number(config, "ingest", "max_events_per_bundle", minimum=1)
     _check_number(config, "server", "workers", minimum=1)
+    _check_number(config, "ingest", "max_decoded_bytes", minimum=config["ingest"]["max_body_bytes"])
+    _check_number(config, "ingest", "max_compression_ratio", minimum=1)
+    _check_number(config, "ingest", "max_json_depth", minimum=4)
+    _check_number(config, "ingest", "max_string_chars", minimum=65536)
     return config
 
 
