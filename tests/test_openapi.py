@@ -1,0 +1,62 @@
+"""The OpenAPI document, the /docs page, and a schemathesis run against every documented operation."""
+
+from __future__ import annotations
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from conftest import Cortex
+from cortex.openapi import build_openapi
+
+CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
+          response_schema_conformance, response_headers_conformance]
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory) -> Cortex:
+    """One Cortex for the whole schemathesis run."""
+    return Cortex(tmp_path_factory.mktemp("openapi") / "data")
+
+
+@pytest.fixture(scope="module")
+def api_schema(api):
+    return schemathesis.openapi.from_wsgi("/openapi.json", api.app)
+
+
+def documented_operations() -> list:
+    """(method, path, mode) of every operation the document lists: valid requests for all,
+    invalid ones for operations that take input."""
+    cases = []
+    for path, item in build_openapi()["paths"].items():
+        for method, operation in item.items():
+            cases.append(pytest.param(method, path, GenerationMode.POSITIVE, id=f"{method} {path} valid"))
+            if operation.get("parameters") or operation.get("requestBody"):
+                cases.append(pytest.param(method, path, GenerationMode.NEGATIVE, id=f"{method} {path} invalid"))
+    return cases
+
+
+@pytest.mark.parametrize("method, path, mode", documented_operations())
+def test_every_documented_operation_conforms(api, api_schema, method, path, mode):
+    """Generated requests, valid and invalid, most of them authorised so that they reach
+    validation and the queue: no 5xx, and every answer's status, content type, headers and
+    body as documented."""
+    operation = api_schema[path][method.upper()]
+
+    @given(case=operation.as_strategy(generation_mode=mode))
+    @settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    def check(case):
+        if isinstance(case.body, dict):
+            case.body["api_key"] = api.api_key
+            case.path_parameters["org"] = api.org
+        case.call_and_validate(checks=CHECKS)
+
+    check()
