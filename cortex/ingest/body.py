@@ -19,6 +19,7 @@ what was there.
 
 from __future__ import annotations
 
+import re
 import zlib
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -27,6 +28,8 @@ import orjson
 from flask import Request
 
 UTF8_BOM = b"\xef\xbb\xbf"
+#: a content coding's name as the HTTP grammar allows it (shown in messages; anything else is not)
+_TOKEN = re.compile(r"[a-z0-9!#$%&'*+.^_`|~-]{1,32}")
 #: deepest nesting orjson parses; deeper documents fail in the parser itself
 ORJSON_MAX_DEPTH = 1024
 
@@ -123,7 +126,8 @@ def decode_body(data: bytes, content_encoding: str | None, limits: BodyLimits) -
     elif coding == "deflate":
         wbits, name = (zlib.MAX_WBITS if _has_zlib_header(data) else -zlib.MAX_WBITS), "deflate"
     else:
-        raise BodyError(415, f"Content-Encoding {_quoted(coding)} is not supported; send gzip, deflate or none")
+        shown = coding if _TOKEN.fullmatch(coding) else "of this request"
+        raise BodyError(415, f"the Content-Encoding {shown} is not supported; send gzip, deflate or none")
     limit = limits.decoded_limit(len(data))
     pieces: list[bytes] = []
     size = 0
@@ -158,12 +162,6 @@ def _too_large_decoded(sent: int, limit: int, limits: BodyLimits) -> str:
         return (f"the {sent}-byte body decompresses to more than {limit} bytes, over "
                 f"{limits.max_compression_ratio:g} times its size; send less data per request")
     return f"the body decompresses to more than {limit} bytes, the limit; send fewer events per request"
-
-
-def _quoted(text: str, limit: int = 32) -> str:
-    """A short, escaped rendering of a client-given value for a message."""
-    shown = text[:limit]
-    return ascii(shown) + ("..." if len(text) > limit else "")
 
 
 def parse_json(data: bytes) -> Any:
