@@ -291,3 +291,15 @@ def test_a_crash_is_a_plain_500_without_details(make_cortex):
     assert response.status_code == 500 and response.mimetype == "text/plain"
     assert "secret internals" not in response.data.decode() and "Traceback" not in response.data.decode()
     good_request_still_served(cortex)
+
+
+@pytest.mark.parametrize("body, message", [
+    (b"1" + b" " * 300_000, "must be a JSON object"),
+    (b'"' + b"a" * 300_000 + b'"', "longer than 262144 characters"),
+    (b"[" * 40 + b"]" * 40, "more than 32 deep"),
+], ids=["number", "string", "array"])
+def test_large_bodies_that_are_not_objects_are_400(cortex, body, message):
+    # a large scalar body once reached the shape check, which expected a container (a 500)
+    response = cortex.post(body)
+    assert response.status_code == 400 and message in response.data.decode()
+    good_request_still_served(cortex)

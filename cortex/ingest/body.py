@@ -208,6 +208,10 @@ def check_shape(document: Any, data_size: int, limits: BodyLimits) -> None:
     max_depth = limits.max_json_depth
     max_chars = limits.max_string_chars
     check_strings = data_size > max_chars
+    if type(document) is not dict and type(document) is not list:
+        if check_strings and type(document) is str and len(document) > max_chars:
+            raise BodyError(400, _too_long(max_chars, "a string"))
+        return None
     stack = [(document, 1)]
     while stack:
         node, depth = stack.pop()
