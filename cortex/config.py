@@ -36,6 +36,10 @@ DEFAULTS: dict[str, Any] = {
         "keepalive": 5,
         "max_requests": 0,
         "trust_proxy_hops": 0,
+        # gunicorn's bounds on the request line and headers (larger: 400 before Cortex runs)
+        "limit_request_line": 4094,
+        "limit_request_fields": 100,
+        "limit_request_field_size": 8190,
     },
     "ingest": {
         "max_body_bytes": 1_048_576,
