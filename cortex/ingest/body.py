@@ -239,9 +239,9 @@ def _too_long(limit: int, what: str) -> str:
     return f"{what} in the body is longer than {limit} characters; no field takes that much, send less"
 
 
-def read_json(request: Request, limits: BodyLimits) -> Any:
-    """Read, decode, parse and check a request's JSON body; :class:`BodyError` says why not."""
-    data = decode_body(read_body(request, limits.max_body_bytes), request.headers.get("Content-Encoding"), limits)
+def load_body(data: bytes, content_encoding: str | None, limits: BodyLimits) -> Any:
+    """Decode, parse and check a body as read; :class:`BodyError` says why it cannot be used."""
+    data = decode_body(data, content_encoding, limits)
     document = parse_json(data)
     # a document with no more brackets than the depth limit cannot be nested too deep, and
     # one no longer than the string limit cannot hold too long a string: most bodies skip
@@ -249,3 +249,8 @@ def read_json(request: Request, limits: BodyLimits) -> Any:
     if len(data) > limits.max_string_chars or data.count(b"[") + data.count(b"{") > limits.max_json_depth:
         check_shape(document, len(data), limits)
     return document
+
+
+def read_json(request: Request, limits: BodyLimits) -> Any:
+    """Read, decode, parse and check a request's JSON body; :class:`BodyError` says why not."""
+    return load_body(read_body(request, limits.max_body_bytes), request.headers.get("Content-Encoding"), limits)
