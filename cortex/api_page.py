@@ -13,6 +13,11 @@ REF_PREFIX = "#/components/schemas/"
 METHOD_ORDER = ("get", "post", "put", "patch", "delete", "options")
 
 
+def text_parts(text: str) -> list[tuple[bool, str]]:
+    """A description as ``(is_code, text)`` parts: what sits between backticks is code."""
+    return [(i % 2 == 1, part) for i, part in enumerate(text.split("`")) if part]
+
+
 def type_parts(schema: dict[str, Any]) -> list[tuple[str, str]]:
     """A schema's type as ``(kind, text)`` parts: ``("text", ...)`` or ``("ref", component)``."""
     if not schema:
@@ -98,5 +103,6 @@ def page_context(spec: dict[str, Any]) -> dict[str, Any]:
                  "description": scheme.get("description", "")}
                 for name, scheme in components.get("securitySchemes", {}).items()]
     info = spec.get("info", {})
-    return {"info": info, "description": info.get("description", "").split("\n\n"), "tags": tags,
+    return {"info": info, "description": [text_parts(p) for p in info.get("description", "").split("\n\n")],
+            "tags": tags, "text_parts": text_parts,
             "schemas": schemas, "security_schemes": security, "openapi_version": spec.get("openapi")}

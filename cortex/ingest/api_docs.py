@@ -120,8 +120,10 @@ def describe_api(docs: ApiDocs) -> None:
         path = f"/{{org}}/1/{endpoint}"
         docs.operation(Operation(
             "post", path, f"post_{endpoint}", summary, tag=TAG,
-            description=BODY_DESCRIPTION + " A retried bundle is idempotent: events already accepted "
-                        "are recognised and not stored twice, and the answer is still 200.",
+            description="One invalid event never costs its valid neighbours: they are accepted, and it is "
+                        "kept with its reasons in the ingest error log. A retried bundle is idempotent: "
+                        "events already accepted are recognised and not stored twice, and the answer is "
+                        "still 200.",
             parameters=(ORG_PARAMETER, CURRENT_TIME_PARAMETER),
             request_body=RequestBody(component, description=BODY_DESCRIPTION,
                                      other_content={"text/plain": {"type": "string",
