@@ -228,3 +228,15 @@ def test_behind_nginx_slow_clients_do_not_hold_workers(nginx_in_front, cortex_se
     assert oversize.status_code == 413, "nginx refuses what Cortex would refuse"
     cortex_server.wait_for_delivery()
     assert cortex_server.sql_rows("SELECT count(*) FROM events WHERE device_tag LIKE 'good-%'") == [(11,)]
+
+
+@pytest.mark.parametrize("request_bytes", [
+    b"POST /demo/1/track?current_time=" + b"x" * 5000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"POST /demo/1/track HTTP/1.1\r\nHost: x\r\nX-Big: " + b"y" * 9000 + b"\r\n\r\n",
+    b"POST /demo/1/track HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(120)) + b"\r\n",
+], ids=["request-line", "header-size", "header-count"])
+def test_oversized_request_heads_are_refused_by_gunicorn(cortex_server, request_bytes):
+    with socket.create_connection(("127.0.0.1", cortex_server.port)) as sock:
+        sock.sendall(request_bytes)
+        assert read_status_line(sock).split()[1] in ("400", "414", "431")
+    post_good(cortex_server.url, cortex_server)

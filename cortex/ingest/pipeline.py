@@ -16,7 +16,7 @@ from marshmallow import ValidationError
 
 from cortex.control import KeyOwner
 from cortex.ingest.compiled import CompiledSchema
-from cortex.ingest.fields import format_timestamp, parse_timestamp
+from cortex.ingest.fields import format_timestamp, parse_timestamp, strip_control
 from cortex.ingest.schemas import EVENT_TYPES, SCHEMAS
 
 BUNDLE = CompiledSchema(SCHEMAS["bundle"])
@@ -217,7 +217,7 @@ class _BundleRecords:
             **self.base,
             "id": key.hex(),
             "kind": "rejected",
-            "type": event_type if type(event_type) is str else None,
+            "type": strip_control(event_type[:SHOWN_CHARS]) if type(event_type) is str else None,
             "endpoint": self.endpoint,
             "position": position,
             "reasons": reasons,
