@@ -169,7 +169,7 @@ def parse_json(data: bytes) -> Any:
     if data.startswith(UTF8_BOM):
         # some HTTP stacks write a byte order mark before UTF-8 text; it is not content
         data = data[len(UTF8_BOM):]
-    if not data.strip():
+    if not data or data.isspace():  # isspace stops at the first other byte; strip() would copy
         raise BodyError(400, "the body is empty; send the bundle as a JSON object")
     try:
         return orjson.loads(data)
