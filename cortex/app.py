@@ -16,7 +16,7 @@ from cortex.control import ControlStore
 from cortex.ingest.keys import KeyCache
 from cortex.errors import register_error_handlers
 from cortex.ingest.views import add_cors_headers, blueprint as ingest_blueprint
-from cortex.openapi import register_api_docs
+from cortex.openapi import serve_api_docs
 from cortex.plugins import check_configured_types, collect_types, describe_plugins, make_plugin_manager
 from cortex.queue import SQLiteQueue
 from cortex.state import CortexState
@@ -64,7 +64,7 @@ def create_app(
     app.after_request(add_cors_headers)
     _register_introspection(app, state)
     register_error_handlers(app)
-    register_api_docs(app)
+    serve_api_docs(app)
     manager.hook.startup(app=app)
     return app
 

@@ -16,7 +16,7 @@ document a new endpoint::
             "post", "/api/v1/interactions", "postInteraction", "Record one interaction",
             tag="Interactions API", security=docs.API_KEY_SECURITY,
             request_body=RequestBody("Interaction"),
-            responses={200: ApiResponse("every event's fate", schema="IngestResult"),
+            responses={200: ApiResponse("every event's fate", "application/json", "InteractionResult"),
                        400: ApiResponse("the body is not valid", schema="Error")},
         ))
 
@@ -35,9 +35,11 @@ from typing import Any, Callable, Mapping
 
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
+import orjson
 from flask import Blueprint, Flask, Response, current_app, render_template
 
 import cortex
+from cortex.api_page import page_context
 from cortex.ingest.fields import Integer, Number, TagList, Text, Timestamp
 
 OPENAPI_VERSION = "3.0.3"
@@ -47,6 +49,7 @@ CORE_APIS: tuple[str, ...] = (
     "cortex.ingest.api_docs",
     "cortex.openapi",
 )
+
 
 @dataclass(frozen=True)
 class RequestBody:
@@ -242,24 +245,29 @@ nested at most `ingest.max_json_depth` deep and with strings of at most
 blueprint = Blueprint("openapi", __name__)
 
 
+def current_document() -> dict:
+    """The app's OpenAPI document, built on first use and kept for the process."""
+    state = current_app.extensions["cortex"]
+    document = state.extras.get("openapi")
+    if document is None:
+        document = state.extras["openapi"] = build_openapi(current_app)
+    return document
+
+
 @blueprint.get("/openapi.json")
 def openapi_json() -> Response:
-    """The OpenAPI document, built once per process."""
+    """The OpenAPI document."""
     state = current_app.extensions["cortex"]
     body = state.extras.get("openapi_json")
     if body is None:
-        import orjson
-
-        body = state.extras["openapi_json"] = orjson.dumps(build_openapi(current_app))
+        body = state.extras["openapi_json"] = orjson.dumps(current_document())
     return Response(body, content_type="application/json", headers={"Access-Control-Allow-Origin": "*"})
 
 
 @blueprint.get("/docs")
 def docs_page() -> Response:
     """The API reference as one self-contained HTML page, rendered from the OpenAPI document."""
-    from cortex.api_page import page_context
-
-    html = render_template("api_docs.html", **page_context(build_openapi(current_app)))
+    html = render_template("api_docs.html", **page_context(current_document()))
     return Response(html, content_type="text/html; charset=utf-8",
                     headers={"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'"})
 
@@ -297,6 +305,6 @@ def describe_api(docs: ApiDocs) -> None:
     ))
 
 
-def register_api_docs(app: Flask) -> None:
+def serve_api_docs(app: Flask) -> None:
     """Serve ``/openapi.json`` and ``/docs``."""
     app.register_blueprint(blueprint)
