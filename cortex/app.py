@@ -17,6 +17,7 @@ from cortex.ingest.keys import KeyCache
 from cortex.errors import register_error_handlers
 from cortex.ingest.views import add_cors_headers, blueprint as ingest_blueprint
 from cortex.openapi import serve_api_docs
+from cortex.privacy_api import blueprint as privacy_blueprint
 from cortex.plugins import check_configured_types, collect_types, describe_plugins, make_plugin_manager
 from cortex.queue import SQLiteQueue
 from cortex.state import CortexState
@@ -61,6 +62,7 @@ def create_app(
     if hops:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
     app.register_blueprint(ingest_blueprint)
+    app.register_blueprint(privacy_blueprint)
     app.after_request(add_cors_headers)
     _register_introspection(app, state)
     register_error_handlers(app)
