@@ -47,6 +47,7 @@ OPENAPI_VERSION = "3.0.3"
 #: the modules whose ``describe_api(docs)`` describes Cortex's own endpoints
 CORE_APIS: tuple[str, ...] = (
     "cortex.ingest.api_docs",
+    "cortex.privacy_api_docs",
     "cortex.openapi",
 )
 
@@ -126,6 +127,10 @@ class ApiDocs:
         if description:
             resolved["description"] = description
         return resolved
+
+    def security_scheme(self, name: str, scheme: Mapping[str, Any]) -> None:
+        """Add a security scheme (an OpenAPI security scheme object) operations can name."""
+        self.spec.components.security_scheme(name, dict(scheme))
 
     def schema_of(self, name: str) -> dict:
         """The JSON Schema of a component added before."""
@@ -276,10 +281,9 @@ def describe_api(docs: ApiDocs) -> None:
     """The description endpoints themselves and ``/-/plugins``."""
     docs.component("Error", {
         "type": "object",
-        "properties": {"error": {"type": "object", "properties": {
-            "status": {"type": "integer"}, "message": {"type": "string"}}, "required": ["status", "message"]}},
+        "properties": {"error": {"type": "string", "description": "what went wrong and what to do"}},
         "required": ["error"],
-    }, description="the JSON error answer of the /api/ endpoints")
+    }, description="The JSON error answer of the /api/ endpoints.")
     docs.operation(Operation(
         "get", "/openapi.json", "getOpenApi", "This OpenAPI document", tag="About Cortex",
         responses={200: ApiResponse("the OpenAPI 3 document", "application/json", {"type": "object"})},

@@ -277,7 +277,7 @@ def test_error_answers_are_plain_text_and_echo_nothing_raw(cortex, method, path,
 def test_errors_under_api_are_json(cortex):
     response = cortex.client.get("/api/v1/nothing-here")
     assert response.status_code == 404 and response.mimetype == "application/json"
-    assert response.get_json()["error"]["status"] == 404
+    assert "404 Not Found" in response.get_json()["error"]
 
 
 def test_a_crash_is_a_plain_500_without_details(make_cortex):

@@ -17,6 +17,7 @@ from schemathesis.specs.openapi.checks import (
 from conftest import Cortex
 from cortex.openapi import build_openapi
 
+ADMIN_TOKEN = "org-admin-token"
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_schema_conformance, response_headers_conformance]
 
@@ -24,7 +25,8 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 @pytest.fixture(scope="module")
 def api(tmp_path_factory) -> Cortex:
     """One Cortex for the whole schemathesis run."""
-    return Cortex(tmp_path_factory.mktemp("openapi") / "data")
+    return Cortex(tmp_path_factory.mktemp("openapi") / "data",
+                  {"privacy": {"admin_tokens": {"demo": ADMIN_TOKEN}}})
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +56,12 @@ def test_every_documented_operation_conforms(api, api_schema, method, path, mode
     @given(case=operation.as_strategy(generation_mode=mode))
     @settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck), database=None)
     def check(case):
-        if isinstance(case.body, dict):
+        if path.startswith("/api/v1/privacy/"):
+            # an org admin of the test org, so that exports and deletions really run
+            case.headers = {**(case.headers or {}), "Authorization": f"Bearer {ADMIN_TOKEN}"}
+            if isinstance(case.body, dict):
+                case.body["org"] = api.org
+        elif isinstance(case.body, dict):
             case.body["api_key"] = api.api_key
             case.path_parameters["org"] = api.org
         case.call_and_validate(checks=CHECKS)
@@ -81,7 +88,8 @@ def test_the_document_is_the_marshmallow_schemas(api):
     events = components["TrackBundle"]["properties"]["events"]
     assert events["maxItems"] == 100 and len(events["items"]["oneOf"]) == len(EVENT_FIELDS)
     paths = spec["paths"]
-    assert {"/{org}/1/track", "/{org}/1/app_log", "/openapi.json", "/docs", "/-/plugins"} <= set(paths)
+    assert {"/{org}/1/track", "/{org}/1/app_log", "/openapi.json", "/docs", "/-/plugins",
+            "/api/v1/privacy/export", "/api/v1/privacy/delete"} <= set(paths)
 
 
 def test_the_docs_page_is_self_contained(api):
