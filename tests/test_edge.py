@@ -303,3 +303,14 @@ def test_large_bodies_that_are_not_objects_are_400(cortex, body, message):
     response = cortex.post(body)
     assert response.status_code == 400 and message in response.data.decode()
     good_request_still_served(cortex)
+
+
+@pytest.mark.parametrize("setting", [
+    {"max_json_depth": 2}, {"max_string_chars": 100}, {"max_compression_ratio": 0},
+    {"max_decoded_bytes": 1024},
+], ids=["depth", "strings", "ratio", "decoded-below-body-cap"])
+def test_limits_too_tight_for_the_api_are_refused_at_startup(make_cortex, setting):
+    from cortex.config import ConfigError
+
+    with pytest.raises(ConfigError, match=f"ingest.{next(iter(setting))} must be a number of at least"):
+        make_cortex(ingest=setting)
