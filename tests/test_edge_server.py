@@ -66,7 +66,10 @@ def test_oversize_chunked_body_is_413(cortex_server):
 
 
 def test_gzip_body_and_compression_bomb_over_http(cortex_server):
-    workers = sorted(cortex_server.worker_pids())
+    deadline = time.monotonic() + 30
+    while len(cortex_server.worker_pids()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)  # both workers up before counting them
+    workers = set(cortex_server.worker_pids())
     body = gzip.compress(bundle_bytes(cortex_server, "gzipped", events=100))
     response = requests.post(f"{cortex_server.url}/demo/1/track", data=body, timeout=10,
                              headers={"Content-Encoding": "gzip"})
@@ -76,7 +79,7 @@ def test_gzip_body_and_compression_bomb_over_http(cortex_server):
         response = requests.post(f"{cortex_server.url}/demo/1/track", data=bomb, timeout=30,
                                  headers={"Content-Encoding": "gzip"})
         assert response.status_code == 413
-    assert sorted(cortex_server.worker_pids()) == workers, "no worker died or ran out of memory"
+    assert workers <= set(cortex_server.worker_pids()), "no worker died or ran out of memory"
     post_good(cortex_server.url, cortex_server)
     cortex_server.wait_for_delivery()
     assert cortex_server.sql_rows("SELECT count(*) FROM events WHERE device_tag = 'gzipped'") == [(100,)]
