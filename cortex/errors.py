@@ -27,7 +27,7 @@ def error_response(error: HTTPException) -> Response:
     status = error.code or 500
     message = f"{status} {error.name}: {ADVICE.get(status) or error.description}"
     if request.path.startswith(JSON_PREFIXES):
-        response = jsonify({"error": message})
+        response = jsonify({"error": message, "status": status})
     else:
         response = Response(message.encode("utf-8"), content_type="text/plain; charset=utf-8")
     response.status_code = status

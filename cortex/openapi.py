@@ -281,7 +281,8 @@ def describe_api(docs: ApiDocs) -> None:
     """The description endpoints themselves and ``/-/plugins``."""
     docs.component("Error", {
         "type": "object",
-        "properties": {"error": {"type": "string", "description": "what went wrong and what to do"}},
+        "properties": {"error": {"type": "string", "description": "what went wrong and what to do"},
+                       "status": {"type": "integer", "description": "the HTTP status, repeated"}},
         "required": ["error"],
     }, description="The JSON error answer of the /api/ endpoints.")
     docs.operation(Operation(
