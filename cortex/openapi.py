@@ -47,6 +47,7 @@ OPENAPI_VERSION = "3.0.3"
 #: the modules whose ``describe_api(docs)`` describes Cortex's own endpoints
 CORE_APIS: tuple[str, ...] = (
     "cortex.ingest.api_docs",
+    "cortex.ingest.interactions_api_docs",
     "cortex.privacy_api_docs",
     "cortex.openapi",
 )
