@@ -49,6 +49,7 @@ CORE_APIS: tuple[str, ...] = (
     "cortex.ingest.api_docs",
     "cortex.ingest.interactions_api_docs",
     "cortex.privacy_api_docs",
+    "cortex.operations_api_docs",
     "cortex.openapi",
 )
 
