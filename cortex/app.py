@@ -16,7 +16,7 @@ from cortex.control import ControlStore
 from cortex.ingest.keys import KeyCache
 from cortex.ingest.views import add_cors_headers, blueprint as ingest_blueprint
 from cortex.plugins import check_configured_types, collect_types, describe_plugins, make_plugin_manager
-from cortex.queue import SQLiteQueue
+from cortex.queue import SQLiteQueue, make_queue
 from cortex.state import CortexState
 
 
@@ -41,7 +41,7 @@ def create_app(
 
     os.makedirs(config["data_dir"], exist_ok=True)
     control = ControlStore(config["control_db"])
-    queue = SQLiteQueue(config["queue"]["path"], config["queue"]["durability"])
+    queue = make_queue(config)
     _create_schemas(control, queue)
     state = CortexState(
         config=config,

@@ -148,8 +148,10 @@ class Dispatcher:
     def __init__(self, state):
         self.state = state
         self.stop = threading.Event()
+        # a queue backend may bring its own way of reading (Kafka: a consumer group per sink)
+        runner_class = getattr(state.queue, "sink_runner_class", SinkRunner)
         self.runners = [
-            SinkRunner(state, sink, state.make_enrichers(), self.stop) for sink in state.make_sinks()
+            runner_class(state, sink, state.make_enrichers(), self.stop) for sink in state.make_sinks()
         ]
         self.threads: list[threading.Thread] = []
 

@@ -369,3 +369,25 @@ def make_kafka_broker(tmp_path):
     yield make
     for broker in brokers:
         broker.stop()
+
+
+# --- Redis -------------------------------------------------------------------------------------
+
+REDIS_URL = os.environ.get("CORTEX_TEST_REDIS", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture
+def redis_url():
+    """The local Redis server's URL; skips (fails in CI) when it is not reachable."""
+    try:
+        import redis
+    except ImportError:
+        need_service("the redis client is not installed (pip install redis)")
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except Exception as error:  # noqa: BLE001 - any failure means "not reachable"
+        need_service(f"Redis at {REDIS_URL} is not reachable: {error.__class__.__name__}")
+    finally:
+        client.close()
+    return REDIS_URL
