@@ -68,6 +68,14 @@ class KafkaQueue:
         self.producer_settings = {str(k): reveal(v) for k, v in settings["producer"].items()}
         self.consumer_settings = {str(k): reveal(v) for k, v in settings["consumer"].items()}
         self.local = SQLiteQueue(config["queue"]["path"], config["queue"]["durability"])
+        for module, what in (("confluent_kafka", 'queue.backend = "kafka"'),
+                             ("redis", 'queue.dedupe.backend = "redis"')):
+            if module == "redis" and config["queue"]["dedupe"]["backend"] != "redis":
+                continue
+            try:
+                __import__(module)
+            except ImportError:
+                raise ConfigError(f"{what} needs the {module} package: pip install 'cortex[kafka]'") from None
         self._pid: int | None = None
         self._producer = None
         self._poller: threading.Thread | None = None

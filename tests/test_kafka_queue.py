@@ -117,3 +117,23 @@ def test_one_failing_sink_does_not_hold_up_another(kafka_broker, make_cortex, tm
     assert lines == 30
     assert cortex.state.queue.sink_status(["archive"])["archive"]["pending"] == 0
     assert cortex.state.queue.sink_status(["down"])["down"]["pending"] > 0
+
+
+def test_redis_unreachable_answers_503(kafka_broker, make_cortex):
+    """Without the dedupe store a request cannot be accepted safely: 503 with Retry-After."""
+    from conftest import free_port
+
+    settings = kafka_queue_settings(kafka_broker.bootstrap, f"redis://127.0.0.1:{free_port()}/0")
+    cortex = make_cortex(**settings)
+    response = post(cortex, 1)
+    assert response.status_code == 503 and response.headers.get("Retry-After")
+
+
+def test_drain_delivers_everything_consumed(kafka_broker, redis_url, make_cortex):
+    """The dispatcher's drain (cortex worker --once) returns once the sink's group has it all."""
+    cortex = make_cortex(**kafka_queue_settings(kafka_broker.bootstrap, redis_url))
+    for number in range(4):
+        assert post(cortex, number).status_code == 200
+    cortex.deliver()
+    assert cortex.sql("SELECT count(*) FROM events") == [(20,)]
+    assert cortex.state.queue.sink_status(["sql"])["sql"]["pending"] == 0
