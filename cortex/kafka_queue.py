@@ -138,6 +138,8 @@ class KafkaQueue:
                     "bootstrap.servers": self.bootstrap,
                     "linger.ms": 2,
                     "message.timeout.ms": int(self.ack_timeout * 1000),
+                    # after a broker outage, ingest comes back within a second of the broker
+                    "reconnect.backoff.max.ms": 1000,
                     **self.producer_settings,
                     "enable.idempotence": True,
                     "acks": "all",
