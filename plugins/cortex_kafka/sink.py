@@ -129,9 +129,10 @@ class KafkaSink(Sink):
             self._producer = Producer(self.producer_config, logger=self.context.logger)
 
     def close(self) -> None:
-        """Deliver what is still buffered (bounded by flush_timeout) and drop the producer."""
+        """Deliver what is still buffered (for at most 5 s) and drop the producer."""
         if self._producer is not None:
-            remaining = self._producer.flush(self.flush_timeout)
+            # what is left unacknowledged belongs to a batch whose cursor did not move
+            remaining = self._producer.flush(min(self.flush_timeout, 5.0))
             if remaining:
                 self.context.logger.warning(
                     "sink %s: %d messages unacknowledged at close; the dispatcher re-sends their batch",
