@@ -15,6 +15,7 @@ from cortex.config import load_config
 from cortex.control import ControlStore
 from cortex.ingest.keys import KeyCache
 from cortex.ingest.views import add_cors_headers, blueprint as ingest_blueprint
+from cortex.privacy_api import blueprint as privacy_blueprint
 from cortex.plugins import check_configured_types, collect_types, describe_plugins, make_plugin_manager
 from cortex.queue import SQLiteQueue, make_queue
 from cortex.state import CortexState
@@ -59,6 +60,7 @@ def create_app(
     if hops:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
     app.register_blueprint(ingest_blueprint)
+    app.register_blueprint(privacy_blueprint)
     app.after_request(add_cors_headers)
     _register_introspection(app, state)
     manager.hook.startup(app=app)

@@ -379,3 +379,14 @@ def replay(what, sink, org):
     _json(result)
     if result.get("failed"):
         sys.exit(1)
+
+
+# data-subject requests and retention ---------------------------------------------------------
+def _add_privacy_commands() -> None:
+    from cortex.privacy_cli import privacy, retention
+
+    cli.add_command(privacy)
+    cli.add_command(retention)
+
+
+_add_privacy_commands()

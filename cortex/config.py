@@ -91,6 +91,28 @@ DEFAULTS: dict[str, Any] = {
     },
     "enrichers": {},
     "logging": {"level": "INFO"},
+    "retention": {
+        # days after which stored events go, for every table of every org (0: keep forever)
+        "events_days": 0,
+        # table -> days ("files": the file sink's day files), and org -> {events_days, tables}
+        "tables": {},
+        "orgs": {},
+        # the queue's dead-letter store and ingest error log
+        "dead_letter_days": 90,
+        "ingest_error_days": 90,
+        # items deleted per statement, seconds between runs, seconds a run may hold a sink
+        "batch_size": 1000,
+        "interval": 3600,
+        "max_seconds": 2.0,
+    },
+    "privacy": {
+        # drop events of people with a tombstone (recorded by `cortex privacy delete`)
+        "drop_tombstoned": True,
+        # seconds a deletion waits for the dispatcher to do its part
+        "wait_seconds": 60,
+        # org -> bearer token of the org's admin for /api/v1/privacy (a secret reference)
+        "admin_tokens": {},
+    },
 }
 
 
@@ -241,7 +263,20 @@ def finish(config: dict) -> dict:
     _check_number(config, "ingest", "max_body_bytes", minimum=1024)
     _check_number(config, "ingest", "max_events_per_bundle", minimum=1)
     _check_number(config, "server", "workers", minimum=1)
+    _check_retention(config)
     return config
+
+
+def _check_retention(config: dict) -> None:
+    from cortex.retention import RetentionPolicy
+
+    for key in ("events_days", "dead_letter_days", "ingest_error_days", "interval", "max_seconds"):
+        _check_number(config, "retention", key, minimum=0)
+    _check_number(config, "retention", "batch_size", minimum=1)
+    try:
+        RetentionPolicy(config["retention"])
+    except (ValueError, TypeError, AttributeError) as error:
+        raise ConfigError(f"{error}; e.g. [retention.tables] app_logs = 30") from None
 
 
 def _check_number(config: dict, section: str, key: str, minimum: float) -> None:

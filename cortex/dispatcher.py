@@ -23,7 +23,9 @@ import time
 from typing import Any
 
 from cortex.enrichers import Enricher
-from cortex.sinks import PermanentError, Sink
+from cortex.privacy_store import PrivacyStore, TombstoneFilter
+from cortex.retention import SinkRetention, expire_queue_logs
+from cortex.sinks import PermanentError, Sink, sink_can
 
 log = logging.getLogger("cortex.dispatcher")
 
@@ -48,6 +50,10 @@ class SinkRunner:
         self.retry_initial = settings["retry_initial"]
         self.retry_max = settings["retry_max"]
         self.opened = False
+        self.privacy = PrivacyStore(state.queue)
+        self.tombstones = TombstoneFilter(self.privacy, sink.name, state.config["privacy"]["drop_tombstoned"])
+        self.retention = SinkRetention(state, sink)
+        self.can_erase = sink_can(sink, "delete_subject")
 
     def open(self) -> None:
         """Open the sink and its enrichers, retrying with backoff until they open or stop."""
@@ -89,18 +95,51 @@ class SinkRunner:
             self.close()
 
     def step(self) -> int:
-        """Deliver one batch; returns how many records it held (0: nothing to deliver)."""
+        """Deliver one batch; returns how many records it held (0: nothing to deliver).
+
+        Between batches it also does the sink's share of data-subject deletions and of
+        retention, so that they never run while the sink writes.
+        """
+        self.run_erasures()
+        self.run_retention()
         cursor = self.queue.cursor(self.sink.name)
         entries = self.queue.read(cursor, self.batch_size)
         if not entries:
             return 0
         records = [record for entry in entries for record in entry.records]
-        self.enrich(records)
-        for record in records:
+        kept = self.tombstones.filter(records)
+        self.enrich(kept)
+        for record in kept:
             record.pop("context", None)
-        delivered = self.deliver(records)
+        delivered = self.deliver(kept) if kept else 0
         self.queue.advance(self.sink.name, entries[-1].seq, delivered)
         return len(records)
+
+    def run_erasures(self) -> int:
+        """Delete the people whose deletion was requested from this sink; returns how many requests."""
+        if not self.can_erase:
+            return 0
+        pending = self.privacy.pending_erasures(self.sink.name)
+        for row_id, subject in pending:
+            try:
+                removed = self.sink.delete_subject(subject)
+            except Exception as error:
+                log.exception("sink %s could not delete a data subject's records", self.sink.name)
+                self.privacy.finish_erasure(row_id, None, f"{type(error).__name__}: {error}")
+            else:
+                self.privacy.finish_erasure(row_id, removed)
+        return len(pending)
+
+    def run_retention(self, until_done: bool = False, force: bool = False) -> int:
+        """Expire the sink's old records when a run is due (or ``force``); returns how many items went."""
+        if not self.retention.capable or not (force or self.retention.due()):
+            return 0
+        try:
+            return self.retention.run(until_done)
+        except Exception:
+            log.exception("retention on sink %s failed; will try again", self.sink.name)
+            self.retention.next_run = self.retention.clock() + self.retention.interval
+            return 0
 
     def enrich(self, records: list[dict[str, Any]]) -> None:
         """Run the enrichers in order; one that raises is logged and skipped for this batch."""
@@ -197,7 +236,10 @@ class Dispatcher:
                     if time.monotonic() > deadline:
                         raise TimeoutError(f"sink {runner.sink.name} did not catch up within {timeout}s")
                     runner.step()
+                runner.run_erasures()
+                runner.run_retention(until_done=True, force=True)
             self.housekeep()
+            expire_queue_logs(self.state)
         finally:
             for runner in self.runners:
                 runner.close()
@@ -219,6 +261,8 @@ class Dispatcher:
                 self.state.queue.checkpoint()
                 if ticks % 5 == 0:
                     self.housekeep()
+                if ticks % max(1, int(self.state.config["retention"]["interval"])) == 1:
+                    expire_queue_logs(self.state)
             except Exception:
                 log.exception("queue housekeeping failed; will try again")
 

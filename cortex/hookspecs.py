@@ -67,3 +67,16 @@ def startup(app: "flask.Flask") -> None:
     under gunicorn, sinks and enrichers open their connections after the worker fork, in
     their own ``open()``.
     """
+
+
+@hookspec
+def identifier_forms(config: dict, org: str, kind: str, value: str) -> "list[str] | set[str] | None":
+    """Other values under which an identifier of a person may be stored.
+
+    ``kind`` is ``user_tag``, ``device_tag`` or a social tag (see
+    :data:`cortex.subjects.IDENTITY_FIELDS`), ``value`` the raw identifier, ``config`` the
+    app's configuration.  A plugin that rewrites identifiers before they are stored (a
+    pseudonymising enricher, say) returns every form it may have stored ``value`` under in
+    ``org`` (with current and retired keys), so that data-subject exports, deletions and
+    tombstones find them.  Return None or nothing when it stores none.
+    """

@@ -335,6 +335,13 @@ class KafkaQueue:
         """Nothing is queued locally."""
         return iter(())
 
+    def __getattr__(self, name: str) -> Any:
+        # what per-node stores built on the queue database use (``reader``, ``write_lock``,
+        # ``path`` ...) is the local SQLite queue's
+        if name.startswith("__") or name == "local":
+            raise AttributeError(name)
+        return getattr(self.local, name)
+
     def close(self) -> None:
         """Flush the producer and close local connections."""
         producer, self._producer = self._producer, None
@@ -394,6 +401,8 @@ class KafkaSinkRunner(SinkRunner):
             self.open()
             if self.consumer is None:
                 return 0
+        self.run_erasures()
+        self.run_retention()
         messages = self.consumer.consume(num_messages=max(1, self.batch_size // 10), timeout=self.poll_interval)
         entries = []
         for message in messages:
@@ -411,10 +420,12 @@ class KafkaSinkRunner(SinkRunner):
             for record in expand(entry):
                 record["seq"] = base + index
                 records.append(record)
-        self.enrich(records)
-        for record in records:
+        kept = self.tombstones.filter(records)
+        self.enrich(kept)
+        for record in kept:
             record.pop("context", None)
-        self.deliver(records)
+        if kept:
+            self.deliver(kept)
         try:
             self.consumer.commit(asynchronous=False)
         except Exception as error:  # noqa: BLE001 - e.g. the partitions moved to another worker

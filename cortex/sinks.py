@@ -45,9 +45,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Mapping
 
-__all__ = ["Sink", "SinkContext", "PermanentError"]
+if TYPE_CHECKING:  # pragma: no cover
+    from cortex.retention import RetentionPolicy
+    from cortex.subjects import Subject
+
+__all__ = ["Sink", "SinkContext", "PermanentError", "sink_can"]
 
 
 class PermanentError(Exception):
@@ -107,4 +111,47 @@ class Sink:
     def describe(self) -> dict[str, Any]:
         """A JSON-able summary for status pages; never include secrets."""
         return {"name": self.name, "type": self.type_name}
+
+    # Optional capabilities.  A sink that cannot do one leaves the method as it is here;
+    # :func:`sink_can` tells the core which ones a sink has, and the core reports the sinks
+    # that could not (a data-subject deletion names them).
+
+    def open_for_export(self) -> None:
+        """Prepare for :meth:`export_subject` in a process that may not be the dispatcher.
+
+        The default calls :meth:`open`; a sink whose ``open`` takes a lock the dispatcher
+        holds (the ``file`` sink) overrides it to prepare for reading only.
+        """
+        self.open()
+
+    def export_subject(self, subject: "Subject") -> Iterator[dict[str, Any]]:
+        """Every stored record of ``subject`` (a :class:`cortex.subjects.Subject`), in record form.
+
+        Optional.  Called after :meth:`open_for_export`.
+        """
+        raise NotImplementedError
+
+    def delete_subject(self, subject: "Subject") -> int:
+        """Delete every stored record of ``subject``; return how many were removed.
+
+        Optional.  Called on the opened sink by the dispatcher's thread of this sink (or,
+        when no dispatcher runs, by the process handling the request), never during a write.
+        """
+        raise NotImplementedError
+
+    def expire(self, policy: "RetentionPolicy", limit: int) -> int:
+        """Delete at most ``limit`` stored items older than ``policy`` allows; return how many.
+
+        Optional.  Items are records, or whole files for a file-based sink.  The dispatcher
+        calls it between batches until it returns less than ``limit``, so that each call
+        holds locks only briefly.  ``policy.cutoff(org, table)`` gives the moment before
+        which a table's records of an org go (None: kept).
+        """
+        raise NotImplementedError
+
+
+def sink_can(sink: Sink, capability: str) -> bool:
+    """True when ``sink`` implements the optional method ``capability``
+    (``"export_subject"``, ``"delete_subject"`` or ``"expire"``)."""
+    return getattr(type(sink), capability, None) is not getattr(Sink, capability)
 

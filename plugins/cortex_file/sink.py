@@ -18,6 +18,10 @@ written with it (learned from the files' tails on first use, repairing a line to
 crash), and skips what a re-sent batch already delivered.  That relies on ``seq`` growing
 in queue order, as the dispatcher guarantees.  One process at a time may write a
 directory; the sink holds a lock on ``{path}/.lock`` while open.
+
+Data subjects and retention (see :mod:`cortex_file.privacy`): a person's lines are removed
+by rewriting each file that holds any of them (a new file renamed over the old one), and
+retention removes whole day files older than the org's ``files`` retention.
 """
 
 from __future__ import annotations
@@ -25,12 +29,13 @@ from __future__ import annotations
 import os
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar, Iterator, Mapping
 
 import orjson
 
 from cortex.sinks import PermanentError, Sink, SinkContext
 from cortex_file.layout import StreamKey, day_of, org_dirname, part_name, stream_parts
+from cortex_file import privacy
 from cortex_file.locking import DirectoryLock
 from cortex_file.tail import TailState, repair_torn_tail, scan_tail
 
@@ -114,6 +119,7 @@ class FileSink(Sink):
         self._streams.clear()
         try:
             for org_path in sorted(p for p in self.path.iterdir() if p.is_dir()):
+                privacy.remove_unfinished_rewrites(org_path)
                 latest: dict[bool, StreamKey] = {}
                 for key in stream_parts(org_path):
                     if key.errors not in latest or key.day > latest[key.errors].day:
@@ -249,3 +255,44 @@ class FileSink(Sink):
             os.fsync(descriptor)
         finally:
             os.close(descriptor)
+
+    # --- data subjects and retention ---
+
+    def open_for_export(self) -> None:
+        """Nothing to prepare: exporting only reads files, which needs no lock."""
+
+    def export_subject(self, subject) -> Iterator[dict[str, Any]]:
+        """Every line of the subject in the org's files, oldest file first."""
+        return privacy.export_lines(self.path / org_dirname(subject.org), subject, self.context.logger)
+
+    def delete_subject(self, subject) -> int:
+        """Rewrite every file of the org that holds lines of the subject without them.
+
+        Runs with the directory lock held (by this open sink).  The streams' remembered
+        tails are kept as they are: they say which records were delivered, and a record
+        deleted here must not be written again when a batch is re-sent.
+        """
+        self._require_open()
+        removed = privacy.remove_lines(self.path / org_dirname(subject.org), subject, fsync=self.fsync)
+        self._refresh_sizes()
+        return removed
+
+    def expire(self, policy, limit: int) -> int:
+        """Remove at most ``limit`` whole day files older than the org's ``files`` retention."""
+        self._require_open()
+        removed = privacy.remove_old_files(self.path, policy, limit, fsync=self.fsync)
+        # a stream whose files went is learnt again from the disk when next written to
+        gone = [key for key, stream in self._streams.items()
+                if not (self.path / key.org_dir / part_name(key, stream.part)).exists()]
+        for key in gone:
+            del self._streams[key]
+        return removed
+
+    def _require_open(self) -> None:
+        if self._lock is None:
+            raise RuntimeError(f"file sink {self.name!r} is not open")
+
+    def _refresh_sizes(self) -> None:
+        for key, stream in self._streams.items():
+            newest = self.path / key.org_dir / part_name(key, stream.part)
+            stream.size = newest.stat().st_size if newest.exists() else 0

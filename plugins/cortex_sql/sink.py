@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import sqlalchemy as sa
 from marshmallow import ValidationError
@@ -12,6 +12,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from cortex.sinks import PermanentError, Sink
 from cortex_sql import migrate
+from cortex_sql import privacy
 from cortex_sql.bulk import BulkWriter
 from cortex_sql.engine import create_engine
 from cortex_sql.rows import TableRows
@@ -201,6 +202,26 @@ class SqlSink(Sink):
                 records.extend(rows.record(row) for row in result.mappings())
         records.sort(key=lambda r: (r.get("seq") or 0, r["id"]))
         return records
+
+
+    # -- data subjects and retention -------------------------------------------------------
+
+    def _open_tables(self) -> list[TableRows]:
+        if self.engine is None:
+            raise RuntimeError(f"sink {self.name} is not open")
+        return list(self._rows.values())
+
+    def export_subject(self, subject) -> Iterator[dict[str, Any]]:
+        """Every row of the subject in every table, in record form."""
+        return privacy.export_subject(self.engine, self._open_tables(), subject)
+
+    def delete_subject(self, subject) -> int:
+        """Delete the subject's rows from every table (``ingest_errors`` too); returns how many."""
+        return privacy.delete_subject(self.engine, self._open_tables(), subject)
+
+    def expire(self, policy, limit: int) -> int:
+        """Delete at most ``limit`` rows past the retention of their org and table."""
+        return privacy.expire(self.engine, self._open_tables(), policy, limit)
 
 
 def _is_data_error(exc: BaseException) -> bool:
