@@ -26,6 +26,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from typing import Any, Iterable
 
 import orjson
@@ -36,6 +37,16 @@ from cortex.queue import QueueUnavailable, SQLiteQueue, Submission, expand
 log = logging.getLogger("cortex.queue.kafka")
 
 __all__ = ["KafkaQueue", "KafkaSinkRunner"]
+
+
+def _serve_callbacks(queue_ref: "weakref.ref[KafkaQueue]", producer) -> None:
+    """Serve a producer's delivery reports while its queue uses it (and exists at all)."""
+    while True:
+        queue = queue_ref()
+        if queue is None or queue._producer is not producer:
+            return
+        del queue  # hold no reference while waiting, so an unused queue can go
+        producer.poll(0.1)
 
 
 def _entry_key(submission: Submission) -> bytes:
@@ -143,16 +154,12 @@ class KafkaQueue:
                     **self.producer_settings,
                     "enable.idempotence": True,
                     "acks": "all",
-                })
+                }, logger=log)
                 producer = self._producer
-                self._poller = threading.Thread(target=self._serve, args=(producer,),
+                self._poller = threading.Thread(target=_serve_callbacks, args=(weakref.ref(self), producer),
                                                 name="cortex-kafka-queue-poll", daemon=True)
                 self._poller.start()
             return self._producer
-
-    def _serve(self, producer) -> None:
-        while self._producer is producer:
-            producer.poll(0.1)
 
     # --- ingest ---
 
