@@ -49,6 +49,7 @@ class Loader:
         self.api_key = api_key
         self.accepted: set[str] = set()
         self.answers: dict[int, int] = {}
+        self.accepted_by_node: dict[str, int] = {}
         self.retries = 0
         self.sent = 0
         self.lock = threading.Lock()
@@ -77,6 +78,7 @@ class Loader:
                 self.answers[status] = self.answers.get(status, 0) + 1
             if status == 200:
                 with self.lock:
+                    self.accepted_by_node[node.name] = self.accepted_by_node.get(node.name, 0) + 1
                     self.accepted.update(f"b{number}-e{i}" for i in range(EVENTS_PER_BUNDLE))
                 return
             with self.lock:
@@ -135,6 +137,8 @@ def test_two_ingest_nodes_two_workers_survive_sigkill(tmp_path, kafka_broker, re
             thread.join(300)
         assert not any(thread.is_alive() for thread in threads), "the load did not finish"
         assert len(loader.accepted) == BUNDLES * EVENTS_PER_BUNDLE
+        assert all(loader.accepted_by_node.get(node.name, 0) > BUNDLES // 5 for node in nodes), \
+            f"the load was not spread across the nodes: {loader.accepted_by_node}"
 
         deadline = time.monotonic() + 180
         while True:
