@@ -13,6 +13,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from cortex.config import load_config
 from cortex.control import ControlStore
+from cortex.enrichment import check_enrichers
 from cortex.ingest.keys import KeyCache
 from cortex.ingest.views import add_cors_headers, blueprint as ingest_blueprint
 from cortex.privacy_api import blueprint as privacy_blueprint
@@ -52,6 +53,8 @@ def create_app(
         queue=queue,
         keys=KeyCache(control, ttl=config["ingest"]["key_cache_seconds"]),
     )
+
+    check_enrichers(state)
 
     app = Flask("cortex")
     app.config["MAX_CONTENT_LENGTH"] = None  # the ingest views enforce their own cap

@@ -319,6 +319,8 @@ def collect_status(cortex_state) -> dict:
         "orgs": queue.counters(),
         "queue": queue.depth(),
         "sinks": queue.sink_status(sinks),
+        # per enricher: failures, timeouts and what happened to the records (error policy)
+        "enrichers": queue.enricher_errors(),
     }
 
 
@@ -336,6 +338,10 @@ def status(as_json):
     click.echo(f"\nqueue: {report['queue']['records']} records in {report['queue']['entries']} entries\n")
     _table([{"sink": name, **s} for name, s in report["sinks"].items()],
            ["sink", "delivered", "pending", "dead_lettered"])
+    if report["enrichers"]:
+        click.echo("\nenricher errors:")
+        _table([{"enricher": name, **counts} for name, counts in report["enrichers"].items()],
+               ["enricher", "failures", "timeouts", "passed_through", "fields_dropped", "dead_lettered"])
 
 
 @cli.command()

@@ -85,6 +85,10 @@ DEFAULTS: dict[str, Any] = {
         "batch_wait": 0.05,
         "retry_initial": 0.5,
         "retry_max": 60.0,
+        # seconds one enricher may take for one batch before its error policy applies (0: no limit)
+        "enricher_timeout": 10.0,
+        # seconds between attempts to open an enricher that failed to open
+        "enricher_reopen_interval": 30.0,
     },
     "sinks": {
         "sql": {"type": "sql"},

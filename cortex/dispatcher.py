@@ -1,5 +1,9 @@
 """The dispatcher: reads the queue, runs the enrichers and delivers to every sink.
 
+Enrichment runs once per queue entry for all sinks (:class:`cortex.enrichment.EnrichedEntries`):
+the first sink to read an entry enriches it, the others take the same outcome.  Records an
+enricher dead-letters go to every sink's dead-letter store and do not hold up the cursors.
+
 Each sink has its own thread and its own cursor in the queue, so one failing or slow sink
 never holds up the others, and a sink that comes back catches up from where it stopped.
 A batch is written, then the cursor moves: a crash in between re-sends the batch (at least
@@ -23,6 +27,7 @@ import time
 from typing import Any
 
 from cortex.enrichers import Enricher
+from cortex.enrichment import EnrichedEntries, EnricherErrors, Enrichment
 from cortex.privacy_store import PrivacyStore, TombstoneFilter
 from cortex.retention import SinkRetention, expire_queue_logs
 from cortex.sinks import PermanentError, Sink, sink_can
@@ -37,13 +42,19 @@ class Stopped(Exception):
 class SinkRunner:
     """Delivers the queue to one sink."""
 
-    def __init__(self, state, sink: Sink, enrichers: list[Enricher], stop: threading.Event):
+    def __init__(self, state, sink: Sink, enrichers: list[Enricher], stop: threading.Event,
+                 enriched: EnrichedEntries | None = None):
         self.state = state
         self.queue = state.queue
         self.sink = sink
-        self.enrichers = enrichers
         self.stop = stop
         settings = state.config["dispatcher"]
+        #: the enrichment shared by every sink of the dispatcher; a runner made on its own
+        #: enriches with its own ``enrichers``
+        self.owns_enrichment = enriched is None
+        if enriched is None:
+            enriched = EnrichedEntries(Enrichment.of(enrichers, EnricherErrors(state.queue)), settings["batch_size"])
+        self.enriched = enriched
         self.batch_size = settings["batch_size"]
         self.poll_interval = settings["poll_interval"]
         self.batch_wait = settings["batch_wait"]
@@ -56,12 +67,12 @@ class SinkRunner:
         self.can_erase = sink_can(sink, "delete_subject")
 
     def open(self) -> None:
-        """Open the sink and its enrichers, retrying with backoff until they open or stop."""
+        """Open the sink (and enrichers of its own), retrying with backoff until it opens or stops."""
         delay = self.retry_initial
+        if self.owns_enrichment and not self.opened:
+            self.enriched.open()
         while not self.opened:
             try:
-                for enricher in self.enrichers:
-                    enricher.open()
                 self.sink.open()
                 self.opened = True
             except Exception:
@@ -70,12 +81,13 @@ class SinkRunner:
                 delay = min(delay * 2, self.retry_max)
 
     def close(self) -> None:
-        """Close the sink and the enrichers."""
-        for thing in [self.sink, *self.enrichers]:
-            try:
-                thing.close()
-            except Exception:
-                log.exception("closing %s failed", getattr(thing, "name", thing))
+        """Close the sink (and enrichers of its own)."""
+        try:
+            self.sink.close()
+        except Exception:
+            log.exception("closing sink %s failed", self.sink.name)
+        if self.owns_enrichment and self.opened:
+            self.enriched.close()
         self.opened = False
 
     def run(self) -> None:
@@ -106,14 +118,39 @@ class SinkRunner:
         entries = self.queue.read(cursor, self.batch_size)
         if not entries:
             return 0
-        records = [record for entry in entries for record in entry.records]
+        records, dead = self.enrich(entries)
+        for reason, refused in dead.items():
+            # the records as read from the queue, request context included, so that a
+            # replay can enrich them again; a tombstoned person's are not kept
+            refused = self.tombstones.filter(refused)
+            if refused:
+                self.queue.dead_letter(self.sink.name, refused, reason)
+        # after enrichment: tombstones hold every stored form of an identifier, the
+        # pseudonyms included
         kept = self.tombstones.filter(records)
-        self.enrich(kept)
-        for record in kept:
-            record.pop("context", None)
         delivered = self.deliver(kept) if kept else 0
         self.queue.advance(self.sink.name, entries[-1].seq, delivered)
-        return len(records)
+        return sum(len(entry.records) for entry in entries)
+
+    def enrich(self, entries: list) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
+        """The records of ``entries`` to deliver, enriched and without request context, and
+        the ones an enricher dead-lettered (as read from the queue), by reason."""
+        if not self.enriched.active:
+            records = [record for entry in entries for record in entry.records]
+            for record in records:
+                record.pop("context", None)
+            return records, {}
+        outcomes = self.enriched.outcomes(entries)
+        records = [outcome.record for outcome in outcomes if outcome.record is not None]
+        dead: dict[str, list[dict[str, Any]]] = {}
+        position = 0
+        for entry in entries:
+            for record in entry.records:
+                reason = outcomes[position].dead_reason
+                if reason is not None:
+                    dead.setdefault(reason, []).append(record)
+                position += 1
+        return records, dead
 
     def run_erasures(self) -> int:
         """Delete the people whose deletion was requested from this sink; returns how many requests."""
@@ -140,15 +177,6 @@ class SinkRunner:
             log.exception("retention on sink %s failed; will try again", self.sink.name)
             self.retention.next_run = self.retention.clock() + self.retention.interval
             return 0
-
-    def enrich(self, records: list[dict[str, Any]]) -> None:
-        """Run the enrichers in order; one that raises is logged and skipped for this batch."""
-        events = [r for r in records if r.get("kind") != "rejected"]
-        for enricher in self.enrichers:
-            try:
-                enricher.enrich(events)
-            except Exception:
-                log.exception("enricher %s failed on a batch of %d; passed through", enricher.name, len(events))
 
     def deliver(self, records: list[dict[str, Any]]) -> int:
         """Write ``records`` to the sink; returns how many it stored (the rest dead-lettered)."""
@@ -187,11 +215,14 @@ class Dispatcher:
     def __init__(self, state):
         self.state = state
         self.stop = threading.Event()
+        # enrichment runs once per queue entry, whichever sink reads it first
+        sinks = state.make_sinks()
+        self.enriched = EnrichedEntries(
+            Enrichment.from_state(state), state.config["dispatcher"]["batch_size"] * (len(sinks) + 1)
+        )
         # a queue backend may bring its own way of reading (Kafka: a consumer group per sink)
         runner_class = getattr(state.queue, "sink_runner_class", SinkRunner)
-        self.runners = [
-            runner_class(state, sink, state.make_enrichers(), self.stop) for sink in state.make_sinks()
-        ]
+        self.runners = [runner_class(state, sink, [], self.stop, self.enriched) for sink in sinks]
         self.threads: list[threading.Thread] = []
 
     @property
@@ -200,6 +231,7 @@ class Dispatcher:
 
     def start(self) -> None:
         """Start one thread per sink and one for housekeeping."""
+        self.enriched.open()
         for runner in self.runners:
             thread = threading.Thread(target=runner.run, name=f"cortex-sink-{runner.sink.name}", daemon=True)
             thread.start()
@@ -224,10 +256,13 @@ class Dispatcher:
         deadline = time.monotonic() + timeout
         for thread in self.threads:
             thread.join(max(0.0, deadline - time.monotonic()))
+        if not any(thread.is_alive() for thread in self.threads):
+            self.enriched.close()
 
     def drain(self, timeout: float = 60.0) -> None:
         """Deliver everything queued now, in the calling thread (for tests and ``--once``)."""
         deadline = time.monotonic() + timeout
+        self.enriched.open()
         for runner in self.runners:
             runner.open()
         try:
@@ -243,6 +278,7 @@ class Dispatcher:
         finally:
             for runner in self.runners:
                 runner.close()
+            self.enriched.close()
 
     def housekeep(self) -> None:
         """Prune delivered entries and expired dedupe keys (bounded work per call)."""

@@ -47,7 +47,9 @@ def register_enrichers(register: Callable[[type["Enricher"]], None]) -> None:
 
     Call ``register(EnricherClass)`` once for each :class:`cortex.enrichers.Enricher`
     subclass the plugin provides.  Configuration lists instances in the order they run
-    (``[enrichers.NAME] type = "TYPE_NAME"``).
+    (``[enrichers.NAME] type = "TYPE_NAME"``, first table first); ``on_error`` and
+    ``timeout`` in the same table are the core's (see :mod:`cortex.enrichment`), the other
+    keys are the enricher's options.
     """
 
 

@@ -32,7 +32,7 @@ from typing import Any, Iterable
 import orjson
 
 from cortex.dispatcher import SinkRunner
-from cortex.queue import QueueUnavailable, SQLiteQueue, Submission, expand
+from cortex.queue import Entry, QueueUnavailable, SQLiteQueue, Submission, expand
 
 log = logging.getLogger("cortex.queue.kafka")
 
@@ -361,7 +361,7 @@ class _Seq:
     """Sequence numbers for records read from Kafka: increasing across batches and restarts.
 
     Sinks rely on ``seq`` growing in delivery order; offsets only grow per partition, so the
-    number is microseconds since the epoch when the batch was read, plus the entry's place in it.
+    number is microseconds since the epoch when the batch was read (one per batch).
     """
 
     def __init__(self):
@@ -376,8 +376,8 @@ class _Seq:
 class KafkaSinkRunner(SinkRunner):
     """Delivers the Kafka queue to one sink: consume a batch, write it, then commit offsets."""
 
-    def __init__(self, state, sink, enrichers, stop):
-        super().__init__(state, sink, enrichers, stop)
+    def __init__(self, state, sink, enrichers, stop, enriched=None):
+        super().__init__(state, sink, enrichers, stop, enriched)
         self.consumer = None
         self.seq = _Seq()
         self.idle = False
@@ -416,21 +416,25 @@ class KafkaSinkRunner(SinkRunner):
             if message.error():
                 log.warning("sink %s: Kafka: %s", self.sink.name, message.error())
                 continue
-            entries.append(orjson.loads(message.value()))
+            value = orjson.loads(message.value())
+            # the message's place in the topic: the same for every sink's consumer, so the
+            # enrichment shared between sinks is done once per message
+            position = (message.partition() << 40) | message.offset()
+            entries.append(Entry(position, value["org"], value["app_id"], expand(value)))
         if not entries:
             self.idle = not messages
             return 0
         self.idle = False
-        base = self.seq.next_base(len(entries))
-        records = []
-        for index, entry in enumerate(entries):
-            for record in expand(entry):
-                record["seq"] = base + index
-                records.append(record)
+        records, dead = self.enrich(entries)
+        for reason, refused in dead.items():
+            refused = self.tombstones.filter(refused)
+            if refused:
+                self.queue.dead_letter(self.sink.name, refused, reason)
         kept = self.tombstones.filter(records)
-        self.enrich(kept)
+        # offsets grow only per partition; sinks want seq to grow from batch to batch
+        seq = self.seq.next_base(1)
         for record in kept:
-            record.pop("context", None)
+            record["seq"] = seq
         if kept:
             self.deliver(kept)
         try:
@@ -439,7 +443,7 @@ class KafkaSinkRunner(SinkRunner):
             # the batch is delivered; whoever owns the partitions now delivers it again
             log.warning("sink %s: committing offsets failed (%s); the batch may be delivered again",
                         self.sink.name, error)
-        return len(records)
+        return sum(len(entry.records) for entry in entries)
 
     def caught_up(self) -> bool:
         """True when the last poll found nothing and the group has committed everything."""

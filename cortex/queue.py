@@ -84,6 +84,12 @@ CREATE TABLE IF NOT EXISTS counters (
     value INTEGER NOT NULL,
     PRIMARY KEY (org, name)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS enricher_errors (
+    enricher TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    value INTEGER NOT NULL,
+    PRIMARY KEY (enricher, outcome)
+) WITHOUT ROWID;
 """
 
 
@@ -451,6 +457,24 @@ class SQLiteQueue:
         result: dict[str, dict[str, int]] = {}
         for org, name, value in self.reader.execute("SELECT org, name, value FROM counters"):
             result.setdefault(org, {"accepted": 0, "duplicate": 0, "rejected": 0})[name] = value
+        return result
+
+    def count_enricher_errors(self, enricher: str, counts: dict[str, int]) -> None:
+        """Add ``counts`` (outcome -> number) to ``enricher``'s error counts."""
+        self._write(
+            "INSERT INTO enricher_errors (enricher, outcome, value) VALUES (?,?,?) "
+            "ON CONFLICT (enricher, outcome) DO UPDATE SET value = value + excluded.value",
+            [(enricher, outcome, value) for outcome, value in counts.items()],
+            many=True,
+        )
+
+    def enricher_errors(self) -> dict[str, dict[str, int]]:
+        """enricher -> {outcome: count} since the queue was created (failures only)."""
+        result: dict[str, dict[str, int]] = {}
+        for enricher, outcome, value in self.reader.execute(
+            "SELECT enricher, outcome, value FROM enricher_errors ORDER BY enricher, outcome"
+        ):
+            result.setdefault(enricher, {})[outcome] = value
         return result
 
     def sink_status(self, sinks: list[str]) -> dict[str, dict[str, int]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from cortex.control import KeyOwner
+from cortex.enrichment import DEAD_LETTER_PREFIX, Enrichment
 from cortex.ingest.fields import parse_timestamp
 from cortex.ingest.pipeline import BundleError, Timing, build_records
 from cortex.queue import Submission
@@ -17,14 +18,19 @@ def replay_dead_letters(state, sink_name: str | None = None) -> dict:
     """Write dead-lettered records to their sink again; the ones it now takes are marked
     replayed, the others stay.  Returns counts per sink."""
     result = {"replayed": 0, "failed": 0, "sinks": {}}
+    enrichment = None
     for sink in state.make_sinks():
         if sink_name and sink.name != sink_name:
             continue
         letters = state.queue.dead_letters(sink.name)
         if not letters:
             continue
+        if enrichment is None and any(letter["error"].startswith(DEAD_LETTER_PREFIX) for letter in letters):
+            enrichment = Enrichment.from_state(state)
+            enrichment.open()
+        letters, still_refused = _enrich_again(enrichment, letters)
         sink.open()
-        done, failed = [], 0
+        done, failed = [], still_refused
         try:
             try:
                 sink.write([letter["record"] for letter in letters])
@@ -43,7 +49,28 @@ def replay_dead_letters(state, sink_name: str | None = None) -> dict:
         result["sinks"][sink.name] = {"replayed": len(done), "failed": failed}
         result["replayed"] += len(done)
         result["failed"] += failed
+    if enrichment is not None:
+        enrichment.close()
     return result
+
+
+def _enrich_again(enrichment, letters: list[dict]) -> tuple[list[dict], int]:
+    """Dead letters an enricher refused go through the enrichers again; those that pass are
+    returned (with the enriched record) with the others, the ones refused again stay and
+    are counted."""
+    again = [letter for letter in letters if letter["error"].startswith(DEAD_LETTER_PREFIX)]
+    ready = [letter for letter in letters if not letter["error"].startswith(DEAD_LETTER_PREFIX)]
+    if not again:
+        return ready, 0
+    outcomes = enrichment.run([letter["record"] for letter in again])
+    refused = 0
+    for letter, outcome in zip(again, outcomes):
+        if outcome.record is None:
+            refused += 1
+            log.error("record %s is refused again: %s", letter["record_id"], outcome.dead_reason)
+        else:
+            ready.append({**letter, "record": outcome.record})
+    return ready, refused
 
 
 def replay_errors(state, org: str | None = None) -> dict:

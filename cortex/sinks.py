@@ -34,7 +34,11 @@ field names of the spec
     ``device_tag``, ``app_ver``, ``kingdom``, ``spend_amount`` ... flat, bundle fields and
     event fields together; absent fields are absent.
 ``extra``, ``warnings``
-    unknown fields as sent, and what validation coerced or truncated.
+    unknown fields as sent, and what validation coerced or truncated (enrichers add theirs).
+fields enrichers add (when configured)
+    ``country``, ``region``, ``city`` (geoip); ``spend_amount_usd`` or ``amount_usd`` and
+    ``usd_rate_date`` (currency); ``browser``, ``browser_ver``, ``os``, ``os_ver``,
+    ``device_type`` (device); ``language``.  Pseudonymisation replaces identifiers in place.
 
 Rejected records instead hold ``reasons`` (field → messages), ``payload`` (the event as
 sent) and ``bundle`` (the bundle fields as sent, API key removed).

@@ -52,10 +52,13 @@ class CortexState:
         ]
 
     def make_enrichers(self) -> list[Enricher]:
-        """New, unopened instances of every configured enricher, in configured order."""
+        """New, unopened instances of every configured enricher, in configured order (the
+        order of the ``[enrichers.NAME]`` tables in the configuration)."""
+        from cortex.enrichment import enricher_options
+
         return [
             self.registry.enrichers[table["type"]](
-                name, {k: v for k, v in table.items() if k != "type"}, self.sink_context("enricher", name)
+                name, enricher_options(table), self.sink_context("enricher", name)
             )
             for name, table in self.config["enrichers"].items()
         ]

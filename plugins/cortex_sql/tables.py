@@ -8,7 +8,8 @@ One table per event family, as a reporting user expects to find them:
 - ``messages``: track ``message_send`` and ``message_click`` (column ``type``)
 - ``experiments``: track ``experiment``
 - ``app_logs``: app_log lines
-- ``interactions``: the generic interactions API (its ``type`` is ``event_type``)
+- ``interactions``: the generic interactions API (its ``type`` is ``event_type``; plus
+  ``amount_usd``, ``usd_rate_date`` of purchases and the device and language enrichers' fields)
 - ``ingest_errors``: rejected events, with their reasons, payload and bundle
 
 The column of every spec field is derived from its marshmallow field in
@@ -211,6 +212,11 @@ def _interaction_columns() -> list[sa.Column]:
         sa.Column("country", sa.String(2)),
         *_enrichment_columns(),
         *_tail_columns(),
+        # filled by the language, device and currency enrichers (migration 0002)
+        *(sa.Column(name, sa.String(16)) for name in ("language", "browser", "browser_ver", "os", "os_ver",
+                                                       "device_type")),
+        sa.Column("amount_usd", sa.Double),
+        sa.Column("usd_rate_date", sa.Date),
     ]
 
 
