@@ -139,3 +139,40 @@ def test_drain_delivers_everything_consumed(kafka_broker, redis_url, make_cortex
     cortex.deliver()
     assert cortex.sql("SELECT count(*) FROM events") == [(20,)]
     assert cortex.state.queue.sink_status(["sql"])["sql"]["pending"] == 0
+
+
+def _counting_plugin():
+    from conftest import make_plugin
+
+    from cortex import Enricher, hookimpl
+
+    class Marker(Enricher):
+        type_name = "marker"
+        fields = ("phylum",)
+        seen = 0
+
+        def enrich(self, records):
+            for record in records:
+                record["phylum"] = "marked"
+            type(self).seen += len(records)
+
+    return Marker, make_plugin("kafka_marker", register_enrichers=hookimpl(lambda register: register(Marker)))
+
+
+def test_enrichment_runs_once_per_message_for_all_sinks(kafka_broker, redis_url, make_cortex):
+    """With the Kafka queue each message is enriched once, and every sink gets the result."""
+    import json
+
+    marker, plugin = _counting_plugin()
+    settings = kafka_queue_settings(kafka_broker.bootstrap, redis_url)
+    cortex = make_cortex(plugins=[plugin], enrichers={"mark": {"type": "marker"}},
+                         sinks={"sql": {"type": "sql"}, "archive": {"type": "file", "fsync": False}}, **settings)
+    for number in range(3):
+        assert post(cortex, number).status_code == 200
+    cortex.deliver()
+    assert marker.seen == 15
+    assert cortex.sql("SELECT phylum, count(*) FROM events GROUP BY phylum") == [("marked", 15)]
+    lines = [json.loads(line) for path in (cortex.data_dir / "events").rglob("*.ndjson")
+             for line in path.read_text().splitlines()]
+    assert len(lines) == 15 and {r["phylum"] for r in lines} == {"marked"}
+    assert all("context" not in r for r in lines)
