@@ -30,3 +30,10 @@ preload_app = False
 # Start the embedded dispatcher election in every worker; one of them wins.
 post_worker_init = _options["post_worker_init"]
 worker_exit = _options["worker_exit"]
+
+# Master hooks: Prometheus multiprocess mode set up before the workers fork, /metrics on
+# metrics.bind if set, the values of dead workers accounted for, and a warning at startup
+# when rate limits are counted per worker (memory storage, several workers).
+on_starting = _options["on_starting"]
+when_ready = _options["when_ready"]
+child_exit = _options["child_exit"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import sqlite3
 from typing import Any, Iterable, Mapping
@@ -14,11 +13,16 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from cortex.config import load_config
 from cortex.control import ControlStore
 from cortex.enrichment import check_enrichers
-from cortex.ingest.keys import KeyCache
+from cortex.ingest.interactions_views import blueprint as interactions_blueprint
+from cortex.ingest.keys import AppDirectory, KeyCache
 from cortex.ingest.views import add_cors_headers, blueprint as ingest_blueprint
+from cortex.logs import configure_logging
+from cortex.operations import install_operations
 from cortex.privacy_api import blueprint as privacy_blueprint
 from cortex.plugins import check_configured_types, collect_types, describe_plugins, make_plugin_manager
 from cortex.queue import SQLiteQueue, make_queue
+from cortex.ratelimit import RateLimits
+from cortex.snippet import blueprint as snippet_blueprint
 from cortex.state import CortexState
 
 
@@ -35,7 +39,7 @@ def create_app(
     configuration is unusable, e.g. a sink type no installed plugin provides.
     """
     config = load_config(config_path, overrides)
-    logging.basicConfig(level=config["logging"]["level"], format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(config["logging"])
 
     manager = make_plugin_manager(plugins)
     registry = collect_types(manager)
@@ -52,6 +56,8 @@ def create_app(
         control=control,
         queue=queue,
         keys=KeyCache(control, ttl=config["ingest"]["key_cache_seconds"]),
+        rate_limits=RateLimits(config["rate_limits"]),
+        apps=AppDirectory(control, ttl=config["ingest"]["key_cache_seconds"]),
     )
 
     check_enrichers(state)
@@ -63,9 +69,12 @@ def create_app(
     if hops:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
     app.register_blueprint(ingest_blueprint)
+    app.register_blueprint(interactions_blueprint)
+    app.register_blueprint(snippet_blueprint)
     app.register_blueprint(privacy_blueprint)
     app.after_request(add_cors_headers)
     _register_introspection(app, state)
+    install_operations(app, state)
     manager.hook.startup(app=app)
     return app
 

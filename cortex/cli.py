@@ -157,8 +157,11 @@ def serve(bind, workers):
 def worker(once, wait):
     """Run the dispatcher in this process: queue -> enrichers -> sinks."""
     from cortex.dispatcher import Dispatcher, DispatcherLock
+    from cortex.metrics import prepare_multiprocess_dir
 
     cortex_state = state()
+    # the server's /metrics adds up this process's counters too (same directory)
+    prepare_multiprocess_dir(cortex_state.config, clean=False)
     lock = DispatcherLock(cortex_state.config["data_dir"])
     if not lock.acquire(blocking=False):
         if not wait:
@@ -233,7 +236,8 @@ def apps_create(org, name, strict):
 def apps_list(org, as_json):
     """List apps."""
     rows = state().control.list_apps(org)
-    _json(rows) if as_json else _table(rows, ["org", "name", "strict", "keys", "created_at"])
+    _json(rows) if as_json else _table(
+        rows, ["org", "name", "strict", "rate_limit_per_key", "rate_limit_per_ip", "keys", "created_at"])
 
 
 @apps.command("set-strict")
@@ -248,6 +252,47 @@ def apps_set_strict(org, name, mode):
     except ControlError as error:
         _fail(error)
     click.echo(f"strict mode of {org}/{name}: {mode}")
+
+
+def _limit_option(value: str | None, where: str):
+    """A --per-key / --per-ip value: ``...`` (unchanged), None ("default") or a limit string."""
+    from cortex.ratelimit import check_limit_string
+
+    if value is None:
+        return ...
+    if value == "default":
+        return None
+    text = "" if value == "none" else value
+    try:
+        check_limit_string(text, where)
+    except ConfigError as error:
+        _fail(error)
+    return text
+
+
+@apps.command("set-limits")
+@click.argument("org")
+@click.argument("name")
+@click.option("--per-key", help='Requests per API key of the app, e.g. "100/second;5000/hour"; '
+                                '"none" for no limit, "default" for rate_limits.per_key.')
+@click.option("--per-ip", help='Requests per client address to the app; "none" or "default" as above.')
+@with_appcontext
+def apps_set_limits(org, name, per_key, per_ip):
+    """Set an app's own rate limits (they apply within ingest.key_cache_seconds)."""
+    key_limit = _limit_option(per_key, "--per-key")
+    ip_limit = _limit_option(per_ip, "--per-ip")
+    if key_limit is ... and ip_limit is ...:
+        _fail(Exception("give --per-key and/or --per-ip"))
+    try:
+        state().control.set_app_rate_limits(org, name, key_limit, ip_limit)
+    except ControlError as error:
+        _fail(error)
+    app = next(a for a in state().control.list_apps(org) if a["name"] == name)
+    limits = state().rate_limits
+    show = {None: "default", "": "none"}
+    click.echo(f"rate limits of {org}/{name}: per key {show.get(app['rate_limit_per_key'], app['rate_limit_per_key'])} "
+               f"({limits.per_key_default!r} by default), per address "
+               f"{show.get(app['rate_limit_per_ip'], app['rate_limit_per_ip'])} ({limits.per_ip_default!r} by default)")
 
 
 @cli.group()
@@ -361,7 +406,8 @@ def errors(org, limit, include_replayed, as_json):
         record = row["record"]
         reasons = "; ".join(f"{k}: {' '.join(v)}" for k, v in record["reasons"].items())
         click.echo(f"#{row['id']} {record['received_at']} {record['org']}/{record['app']} "
-                   f"{record['endpoint']} event {record['position']}: {reasons}")
+                   f"{record['endpoint']} event {record['position']}: {reasons}"
+                   + (f" (request {row['request_id']})" if row.get("request_id") else ""))
     if not rows:
         click.echo("(no errors)")
 

@@ -55,6 +55,14 @@ DEFAULTS: dict[str, Any] = {
         # "os": survives kill -9 of any process; "fsync": also survives power loss
         "durability": "os",
         "path": "",
+        # backpressure: refuse bundles (503 + Retry-After) at this many queued records (0: no limit)
+        "max_depth": 0,
+        # ... or when the data directory's filesystem is this full (0.0-1.0; 0: no limit)
+        "max_disk_fill": 0.95,
+        # seconds a depth/disk measurement is reused by a process
+        "pressure_check_interval": 1.0,
+        # seconds a client is told to wait (Retry-After) when Cortex cannot accept
+        "retry_after": 5,
         # backend = "kafka": ingest nodes produce to a topic, `cortex worker`s consume it
         "kafka": {
             "bootstrap_servers": "",
@@ -90,11 +98,48 @@ DEFAULTS: dict[str, Any] = {
         # seconds between attempts to open an enricher that failed to open
         "enricher_reopen_interval": 30.0,
     },
+    "interactions": {
+        # events in one POST /api/v1/interactions/batch
+        "max_events_per_batch": 500,
+    },
+    "rate_limits": {
+        "enabled": True,
+        # flask-limiter notation ("100/second;5000/hour"); "" means no limit.  Apps may set
+        # their own (cortex apps set-limits).  Counted in requests.
+        "per_key": "5000/second",
+        "per_ip": "5000/second",
+        # "memory://" (per process) or "redis://host:port" (shared by workers and nodes)
+        "storage_uri": "memory://",
+        "strategy": "fixed-window",
+        "key_prefix": "cortex",
+    },
     "sinks": {
         "sql": {"type": "sql"},
     },
     "enrichers": {},
-    "logging": {"level": "INFO"},
+    "logging": {
+        "level": "INFO",
+        # "plain" or "json" (one object per line)
+        "format": "plain",
+        # one line per request (logger cortex.request, INFO)
+        "requests": True,
+    },
+    "metrics": {
+        # Prometheus metrics at /metrics
+        "enabled": True,
+        # serve /metrics on this address from the gunicorn master instead of the app ("" : the app)
+        "bind": "",
+        # require "Authorization: Bearer <token>" on /metrics (use a secret reference)
+        "token": "",
+        # where gunicorn workers keep their values (default: {data_dir}/metrics)
+        "multiprocess_dir": "",
+    },
+    "health": {
+        # /-/ready fails below this much free space on the data directory's filesystem
+        "min_free_bytes": 104_857_600,
+        # /-/ready fails when a sink is this many seconds behind (0: sinks never make it fail)
+        "max_sink_lag_seconds": 0,
+    },
     "retention": {
         # days after which stored events go, for every table of every org (0: keep forever)
         "events_days": 0,
@@ -267,8 +312,25 @@ def finish(config: dict) -> dict:
     _check_number(config, "ingest", "max_body_bytes", minimum=1024)
     _check_number(config, "ingest", "max_events_per_bundle", minimum=1)
     _check_number(config, "server", "workers", minimum=1)
+    _check_operations(config)
+    _check_number(config, "interactions", "max_events_per_batch", minimum=1)
     _check_retention(config)
     return config
+
+
+def _check_operations(config: dict) -> None:
+    """Keys of the logs, metrics, health and backpressure settings."""
+    if config["logging"]["format"] not in ("plain", "json"):
+        raise ConfigError('logging.format must be "plain" or "json"')
+    _check_number(config, "queue", "max_depth", minimum=0)
+    _check_number(config, "queue", "pressure_check_interval", minimum=0)
+    _check_number(config, "queue", "retry_after", minimum=1)
+    fill = config["queue"]["max_disk_fill"]
+    if isinstance(fill, bool) or not isinstance(fill, (int, float)) or not 0 <= fill <= 1:
+        raise ConfigError(f"queue.max_disk_fill must be a fraction between 0 and 1 (0: no limit), not {fill!r}")
+    _check_number(config, "health", "min_free_bytes", minimum=0)
+    _check_number(config, "health", "max_sink_lag_seconds", minimum=0)
+
 
 
 def _check_retention(config: dict) -> None:

@@ -34,6 +34,10 @@ apps = sa.Table(
     sa.Column("name", sa.String(64), nullable=False),
     # None: the server's default (ingest.strict)
     sa.Column("strict", sa.Boolean, nullable=True),
+    # rate limits in flask-limiter notation ("100/second;5000/hour"); None: the server's
+    # default (rate_limits.per_key / per_ip); "" : no limit for this app
+    sa.Column("rate_limit_per_key", sa.String(200), nullable=True),
+    sa.Column("rate_limit_per_ip", sa.String(200), nullable=True),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.UniqueConstraint("org_id", "name"),
 )
@@ -66,6 +70,9 @@ class KeyOwner:
     app: str
     app_id: int
     strict: bool | None
+    #: the app's own rate limits (None: the server default)
+    rate_limit_per_key: str | None = None
+    rate_limit_per_ip: str | None = None
 
 
 def hash_key(key: str) -> str:
@@ -88,8 +95,28 @@ class ControlStore:
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
 
     def create_schema(self) -> None:
-        """Create the tables that do not exist yet."""
+        """Create the tables that do not exist yet, and add the nullable columns a table
+        made by an older Cortex lacks."""
         metadata.create_all(self.engine)
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        # the control schema only ever gains nullable columns: adding them is its migration
+        inspector = sa.inspect(self.engine)
+        for table in metadata.sorted_tables:
+            present = {column["name"] for column in inspector.get_columns(table.name)}
+            for column in table.columns:
+                if column.name in present or not column.nullable:
+                    continue
+                kind = column.type.compile(dialect=self.engine.dialect)
+                try:
+                    with self.engine.begin() as conn:
+                        conn.execute(sa.text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
+                except sa.exc.DBAPIError:
+                    # another process (a gunicorn worker starting at the same time) added it
+                    columns = sa.inspect(self.engine).get_columns(table.name)
+                    if column.name not in {c["name"] for c in columns}:
+                        raise
 
     def dispose(self) -> None:
         """Close pooled connections (after a fork, or at exit)."""
@@ -153,11 +180,32 @@ class ControlStore:
             app_id = self._app_id(conn, org, name)
             conn.execute(apps.update().where(apps.c.id == app_id).values(strict=strict))
 
+    def set_app_rate_limits(self, org: str, name: str, per_key: str | None = ..., per_ip: str | None = ...) -> None:
+        """Set an app's own rate limits (flask-limiter notation; None: the server default,
+        "": no limit).  A limit left as ``...`` is not changed."""
+        values = {}
+        if per_key is not ...:
+            values["rate_limit_per_key"] = per_key
+        if per_ip is not ...:
+            values["rate_limit_per_ip"] = per_ip
+        if not values:
+            return
+        with self.engine.begin() as conn:
+            app_id = self._app_id(conn, org, name)
+            conn.execute(apps.update().where(apps.c.id == app_id).values(**values))
+
+    def org_apps(self, org: str) -> dict[str, int]:
+        """app name -> app id, for every app of ``org`` (empty for an unknown org)."""
+        query = sa.select(apps.c.name, apps.c.id).select_from(apps.join(orgs)).where(orgs.c.slug == org)
+        with self.engine.connect() as conn:
+            return {row[0]: row[1] for row in conn.execute(query)}
+
     def list_apps(self, org: str | None = None) -> list[dict]:
         """Apps, of one org or all, with their number of live keys."""
         live = sa.func.count(api_keys.c.id).filter(api_keys.c.revoked_at.is_(None))
         query = (
-            sa.select(apps.c.id, orgs.c.slug.label("org"), apps.c.name, apps.c.strict, apps.c.created_at, live.label("keys"))
+            sa.select(apps.c.id, orgs.c.slug.label("org"), apps.c.name, apps.c.strict,
+                      apps.c.rate_limit_per_key, apps.c.rate_limit_per_ip, apps.c.created_at, live.label("keys"))
             .select_from(apps.join(orgs).outerjoin(api_keys))
             .group_by(apps.c.id, orgs.c.slug)
             .order_by(orgs.c.slug, apps.c.name)
@@ -226,7 +274,8 @@ class ControlStore:
     def lookup_key(self, key: str) -> KeyOwner | None:
         """The owner of a live key, or None for an unknown or revoked key."""
         query = (
-            sa.select(api_keys.c.id, orgs.c.slug, apps.c.name, apps.c.id, apps.c.strict)
+            sa.select(api_keys.c.id, orgs.c.slug, apps.c.name, apps.c.id, apps.c.strict,
+                      apps.c.rate_limit_per_key, apps.c.rate_limit_per_ip)
             .select_from(api_keys.join(apps).join(orgs))
             .where(api_keys.c.key_hash == hash_key(key), api_keys.c.revoked_at.is_(None))
         )

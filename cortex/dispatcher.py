@@ -28,6 +28,7 @@ from typing import Any
 
 from cortex.enrichers import Enricher
 from cortex.enrichment import EnrichedEntries, EnricherErrors, Enrichment
+from cortex.metrics import record_delivery
 from cortex.privacy_store import PrivacyStore, TombstoneFilter
 from cortex.retention import SinkRetention, expire_queue_logs
 from cortex.sinks import PermanentError, Sink, sink_can
@@ -60,6 +61,7 @@ class SinkRunner:
         self.batch_wait = settings["batch_wait"]
         self.retry_initial = settings["retry_initial"]
         self.retry_max = settings["retry_max"]
+        self.metered = state.config["metrics"]["enabled"]
         self.opened = False
         self.privacy = PrivacyStore(state.queue)
         self.tombstones = TombstoneFilter(self.privacy, sink.name, state.config["privacy"]["drop_tombstoned"])
@@ -130,6 +132,8 @@ class SinkRunner:
         kept = self.tombstones.filter(records)
         delivered = self.deliver(kept) if kept else 0
         self.queue.advance(self.sink.name, entries[-1].seq, delivered)
+        if self.metered:
+            record_delivery(self.sink.name, delivered=delivered)
         return sum(len(entry.records) for entry in entries)
 
     def enrich(self, entries: list) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
@@ -188,11 +192,15 @@ class SinkRunner:
             except PermanentError as error:
                 if len(records) == 1:
                     self.queue.dead_letter(self.sink.name, records, f"{type(error).__name__}: {error}")
+                    if self.metered:
+                        record_delivery(self.sink.name, dead_lettered=1)
                     log.error("sink %s refused record %s for good: %s", self.sink.name, records[0].get("id"), error)
                     return 0
                 middle = len(records) // 2
                 return self.deliver(records[:middle]) + self.deliver(records[middle:])
             except Exception as error:
+                if self.metered:
+                    record_delivery(self.sink.name, failed=1)
                 log.warning(
                     "sink %s failed to write %d records (%s: %s); retrying in %.1fs",
                     self.sink.name, len(records), type(error).__name__, error, delay,

@@ -31,6 +31,7 @@ from typing import Any, Callable, Mapping
 
 from cortex.config import ConfigError
 from cortex.enrichers import ERROR_POLICIES, Enricher
+from cortex.metrics import record_enricher_error
 
 log = logging.getLogger("cortex.enrichment")
 
@@ -42,6 +43,9 @@ DEAD_LETTER_PREFIX = "enricher "
 
 #: the outcomes counted per enricher
 OUTCOMES = ("failures", "timeouts", "passed_through", "fields_dropped", "dead_lettered")
+
+#: the error policy (``on_error``) that each outcome of a failure comes from
+POLICY_OF_OUTCOME = {"passed_through": "pass_through", "fields_dropped": "drop_field", "dead_lettered": "dead_letter"}
 
 
 @dataclass(frozen=True)
@@ -106,6 +110,7 @@ class EnricherErrors:
             counts["timeouts"] = 1
         try:
             self.queue.count_enricher_errors(enricher, counts)
+            record_enricher_error(enricher, POLICY_OF_OUTCOME.get(outcome, outcome))
         except Exception:  # counting must never cost the records
             log.exception("could not count the failure of enricher %s", enricher)
 

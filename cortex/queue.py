@@ -47,6 +47,8 @@ CREATE TABLE IF NOT EXISTS entries (
     records BLOB NOT NULL,
     enqueued_at REAL NOT NULL
 );
+-- lets the queue's depth in records be summed from the index alone (metrics, backpressure)
+CREATE INDEX IF NOT EXISTS entries_count ON entries (count);
 CREATE TABLE IF NOT EXISTS dedupe (
     key BLOB NOT NULL UNIQUE,
     seen INTEGER NOT NULL
@@ -75,7 +77,8 @@ CREATE TABLE IF NOT EXISTS ingest_errors (
     record_id TEXT NOT NULL,
     received_at TEXT NOT NULL,
     record BLOB NOT NULL,
-    replayed_at REAL
+    replayed_at REAL,
+    request_id TEXT
 );
 CREATE INDEX IF NOT EXISTS ingest_errors_org ON ingest_errors (org, received_at);
 CREATE TABLE IF NOT EXISTS counters (
@@ -110,6 +113,11 @@ class Submission:
     accepted_count: int = 0
     duplicate_count: int = 0
     rejected_count: int = 0
+    #: the rejected records that were stored (not duplicates), once committed
+    stored_rejected: list[dict] = field(default_factory=list)
+    #: after the commit: the keys of this submission that were new (the others were
+    #: duplicates); the set the commit computes anyway, so reporting it costs nothing
+    fresh_keys: "set[bytes] | frozenset[bytes]" = frozenset()
 
 
 @dataclass
@@ -196,6 +204,7 @@ class SQLiteQueue:
         conn = self._connect()
         try:
             conn.executescript(SCHEMA)
+            _add_missing_columns(conn)
         finally:
             conn.close()
 
@@ -261,6 +270,7 @@ class SQLiteQueue:
             error_rows = []
             for submission, _ in group:
                 fresh = self._claim_keys(conn, submission.accepted + submission.rejected, seen)
+                submission.fresh_keys = fresh
                 records = [record for key, record in submission.accepted if key in fresh]
                 rejected = [record for key, record in submission.rejected if key in fresh]
                 submission.accepted_count = len(records)
@@ -268,11 +278,13 @@ class SQLiteQueue:
                     len(submission.accepted) + len(submission.rejected) - len(records) - len(rejected)
                 )
                 submission.rejected_count = len(rejected)
+                submission.stored_rejected = rejected
                 if records or rejected:
                     blob = orjson.dumps({"shared": submission.shared, "records": records, "rejected": rejected})
                     entries.append((submission.org, submission.app_id, len(records) + len(rejected), blob, now))
                 error_rows.extend(
-                    (submission.org, submission.app_id, r["id"], r["received_at"], orjson.dumps(r))
+                    (submission.org, submission.app_id, r["id"], r["received_at"], orjson.dumps(r),
+                     r.get("request_id"))
                     for r in rejected
                 )
                 for name in ("accepted", "duplicate", "rejected"):
@@ -286,8 +298,8 @@ class SQLiteQueue:
                 )
             if error_rows:
                 conn.executemany(
-                    "INSERT INTO ingest_errors (org, app_id, record_id, received_at, record) "
-                    "VALUES (?,?,?,?,?)",
+                    "INSERT INTO ingest_errors (org, app_id, record_id, received_at, record, request_id) "
+                    "VALUES (?,?,?,?,?,?)",
                     error_rows,
                 )
             if counts:
@@ -410,10 +422,11 @@ class SQLiteQueue:
 
     def ingest_errors(self, org: str | None = None, include_replayed: bool = False, limit: int = 1000) -> list[dict]:
         """Rows of the ingest error log (invalid events with their reasons), oldest first."""
-        rows = self._replayable("ingest_errors", "id, org, app_id, record, replayed_at",
+        rows = self._replayable("ingest_errors", "id, org, app_id, record, replayed_at, request_id",
                                 ("org", org), include_replayed, limit)
         return [
-            {"id": r[0], "org": r[1], "app_id": r[2], "record": orjson.loads(r[3]), "replayed_at": r[4]}
+            {"id": r[0], "org": r[1], "app_id": r[2], "record": orjson.loads(r[3]), "replayed_at": r[4],
+             "request_id": r[5]}
             for r in rows
         ]
 
@@ -498,9 +511,57 @@ class SQLiteQueue:
         ).fetchone()
         return {"entries": entries, "records": records}
 
+    def stats(self) -> dict[str, Any]:
+        """Entries and records held, and when the oldest entry was queued; cheap at any depth
+        (the seq range and the ``count`` index, never the records themselves)."""
+        conn = self.reader
+        low, high = conn.execute("SELECT min(seq), max(seq) FROM entries").fetchone()
+        if low is None:
+            return {"entries": 0, "records": 0, "oldest_enqueued_at": None}
+        records = conn.execute("SELECT coalesce(sum(count), 0) FROM entries INDEXED BY entries_count").fetchone()[0]
+        oldest = conn.execute("SELECT enqueued_at FROM entries WHERE seq = ?", (low,)).fetchone()
+        return {"entries": high - low + 1, "records": records, "oldest_enqueued_at": oldest[0] if oldest else None}
+
+    def sink_lag(self, sink: str) -> dict[str, Any]:
+        """How far ``sink`` is behind: entries it has not stored and when the oldest of them
+        was queued (None when caught up).  Reads only; a sink without a cursor yet is behind
+        by the whole queue."""
+        conn = self.reader
+        row = conn.execute("SELECT seq FROM cursors WHERE sink = ?", (sink,)).fetchone()
+        after = row[0] if row else 0
+        first = conn.execute(
+            "SELECT seq, enqueued_at FROM entries WHERE seq > ? ORDER BY seq LIMIT 1", (after,)
+        ).fetchone()
+        if first is None:
+            return {"pending_entries": 0, "oldest_pending_at": None}
+        high = conn.execute("SELECT max(seq) FROM entries").fetchone()[0]
+        return {"pending_entries": high - first[0] + 1, "oldest_pending_at": first[1]}
+
+    def probe_writable(self, timeout: float = 2.0) -> None:
+        """Open and roll back a write transaction on a connection of its own, waiting at most
+        ``timeout`` seconds for the write lock: raises ``sqlite3.Error`` when the queue cannot
+        be written now (the readiness check)."""
+        conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("ROLLBACK")
+        finally:
+            conn.close()
+
     def iter_all(self) -> Iterator[Entry]:
         """Every entry still queued (for tests and tools)."""
         yield from self.read(0, 10**12)
+
+
+def _add_missing_columns(conn: sqlite3.Connection) -> None:
+    """Bring tables made by an older Cortex up to the current schema."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(ingest_errors)")}
+    if "request_id" not in columns:
+        try:
+            conn.execute("ALTER TABLE ingest_errors ADD COLUMN request_id TEXT")
+        except sqlite3.OperationalError as error:  # another process added it first
+            if "duplicate column" not in str(error):
+                raise
 
 
 def expand(entry: Any) -> list[dict]:

@@ -7,6 +7,7 @@ import logging
 from cortex.control import KeyOwner
 from cortex.enrichment import DEAD_LETTER_PREFIX, Enrichment
 from cortex.ingest.fields import parse_timestamp
+from cortex.ingest.interactions import ENDPOINT as INTERACTIONS_ENDPOINT, build_interactions
 from cortex.ingest.pipeline import BundleError, Timing, build_records
 from cortex.queue import Submission
 from cortex.sinks import PermanentError
@@ -96,12 +97,17 @@ def replay_errors(state, org: str | None = None) -> dict:
             skew_threshold=settings["clock_skew_threshold"],
             future_tolerance=settings["future_tolerance"],
         )
-        bundle = {**record["bundle"], "api_key": "replay"}
-        try:
-            outcome = build_records(bundle, [record["payload"]], record["endpoint"], owner, timing, {})
-        except BundleError:
-            still_invalid += 1
-            continue
+        if record.get("endpoint") == INTERACTIONS_ENDPOINT:
+            outcome = build_interactions(
+                [record["payload"]], owner, timing, {}, lambda name, o=owner: state.apps.app_id(o.org, name)
+            ).outcome
+        else:
+            bundle = {**record["bundle"], "api_key": "replay"}
+            try:
+                outcome = build_records(bundle, [record["payload"]], record["endpoint"], owner, timing, {})
+            except BundleError:
+                still_invalid += 1
+                continue
         if not outcome.accepted:
             still_invalid += 1
             continue

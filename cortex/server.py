@@ -20,8 +20,59 @@ def post_worker_init(worker) -> None:
 def worker_exit(server, worker) -> None:
     """gunicorn hook: let the embedded dispatcher finish its batch before the worker exits."""
     from cortex.dispatcher import stop_embedded
+    from cortex.metrics import flush
 
     stop_embedded()
+    flush()
+
+
+def on_starting(server) -> None:
+    """gunicorn hook (master, before the workers fork): put prometheus-client in
+    multiprocess mode and remove the values of processes that are gone."""
+    from cortex.config import load_config
+    from cortex.metrics import prepare_multiprocess_dir
+
+    prepare_multiprocess_dir(load_config(), clean=True)
+
+
+def when_ready(server) -> None:
+    """gunicorn hook (master, listening): serve ``/metrics`` on ``metrics.bind`` if set."""
+    from cortex.config import load_config
+    from cortex.metrics_listener import start_metrics_listener
+
+    start_metrics_listener(load_config(), log=server.log)
+
+
+def child_exit(server, worker) -> None:
+    """gunicorn hook (master, a worker is gone, even by SIGKILL): drop its live gauges."""
+    from cortex.metrics import mark_worker_dead
+
+    mark_worker_dead(worker.pid)
+
+
+def rate_limit_warning(config: dict, workers: int):
+    """A gunicorn ``when_ready`` hook that warns when rate limits are counted per worker."""
+    from cortex.ratelimit import per_worker_warning
+
+    def when_ready(server) -> None:
+        if "rate_limits" not in config:  # options made for another app (the benchmark's floor)
+            return
+        message = per_worker_warning(config["rate_limits"], server.cfg.workers or workers)
+        if message:
+            server.log.warning("%s", message)
+
+    return when_ready
+
+
+def when_ready_in_order(*hooks):
+    """One gunicorn ``when_ready(server)`` hook that calls ``hooks`` in order (gunicorn
+    checks a hook's arity, so this takes exactly one argument)."""
+
+    def when_ready_all(server) -> None:
+        for hook in hooks:
+            hook(server)
+
+    return when_ready_all
 
 
 def gunicorn_options(config: dict, bind: str | None = None, workers: int | None = None) -> dict[str, Any]:
@@ -42,6 +93,9 @@ def gunicorn_options(config: dict, bind: str | None = None, workers: int | None 
         "control_socket_disable": True,
         "post_worker_init": post_worker_init,
         "worker_exit": worker_exit,
+        "on_starting": on_starting,
+        "when_ready": when_ready_in_order(when_ready, rate_limit_warning(config, workers or server["workers"])),
+        "child_exit": child_exit,
     }
 
 

@@ -11,9 +11,10 @@ import pluggy
 
 from cortex.control import ControlStore
 from cortex.enrichers import Enricher
-from cortex.ingest.keys import KeyCache
+from cortex.ingest.keys import AppDirectory, KeyCache
 from cortex.plugins import Registry
 from cortex.queue import SQLiteQueue
+from cortex.ratelimit import RateLimits
 from cortex.sinks import Sink, SinkContext
 
 
@@ -28,6 +29,10 @@ class CortexState:
     queue: SQLiteQueue
     keys: KeyCache
     extras: dict[str, Any] = field(default_factory=dict)
+    #: per-key and per-address request limits of the ingest endpoints
+    rate_limits: RateLimits | None = None
+    #: the apps of each org by name (the generic API's business_id)
+    apps: AppDirectory | None = None
 
     @property
     def data_dir(self) -> Path:

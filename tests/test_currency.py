@@ -9,7 +9,6 @@ from datetime import date, datetime, timedelta, timezone
 import pytest
 
 from conftest import iso
-from cortex.queue import Submission
 
 # ECB euro foreign exchange reference rates (units per EUR), as published
 ECB = {
@@ -117,18 +116,15 @@ def test_a_day_before_the_history_is_a_warning(money):
 
 
 def test_purchases_of_the_interactions_api(money):
-    record = {
-        "id": "0" * 31 + "1", "org": "demo", "app": "default", "app_id": 1, "kind": "interaction",
-        "type": "purchase", "event_type": "purchase", "timestamp": "2024-06-08T13:45:30Z",
-        "received_at": "2024-06-08T13:45:31Z", "event_datetime": "2024-06-08T13:45:30Z",
-        "event_time": "2024-06-08T13:45:30Z", "user_id": "anon-xyz123",
-        "event_properties": {"amount": 49.99, "currency": "EUR", "payment_method": "credit_card"},
-    }
-    money.state.queue.submit(Submission("demo", 1, [(b"k" * 16, record)], []))
+    purchase = {"event_type": "purchase", "timestamp": "2024-06-08T13:45:30Z", "user_id": "anon-xyz123",
+                "event_properties": {"amount": 49.99, "currency": "EUR", "payment_method": "credit_card"}}
+    response = money.client.post("/api/v1/interactions", json=purchase, headers={"X-API-Key": money.api_key})
+    assert response.status_code == 200, response.data
     money.deliver()
     [(value, day, warnings)] = money.sql("SELECT amount_usd, usd_rate_date, warnings FROM interactions")
+    # Saturday 8 June 2024: Friday's fixing, and the record says so
     assert value == pytest.approx(49.99 * ECB[("USD", "2024-06-07")], rel=1e-6)
-    assert day == "2024-06-07" and "weekend or holiday" in json.loads(warnings)[0]
+    assert str(day) == "2024-06-07" and "weekend or holiday" in json.loads(warnings)[0]
 
 
 def test_rates_are_the_ecb_history_of_the_package():

@@ -164,6 +164,10 @@ def test_drop_field_removes_the_enrichers_fields(make_cortex):
     assert [(k, p) for k, p, _ in stored] == [("bad", None), ("shop", "enriched")]
     assert "dropped phylum" in json.loads(stored[0][2])[0]
     assert status(cortex)["enrichers"] == {"flaky": {"failures": 1, "fields_dropped": 1}}
+    metrics = cortex.client.get("/metrics").get_data(as_text=True)
+    counted = [line for line in metrics.splitlines()
+               if line.startswith('cortex_enricher_errors_total{enricher="flaky",policy="drop_field"}')]
+    assert counted and float(counted[0].split()[-1]) >= 1
 
 
 def test_dead_letter_keeps_the_record_out_of_the_sinks_until_replayed(make_cortex):

@@ -31,7 +31,7 @@ from cortex_sql import migrate
 from cortex_sql.bulk import pg_datetime, sqlite_datetime
 from cortex_sql.tables import build_tables
 
-HEAD = "0002"
+HEAD = "0003"
 
 
 # --- the conformance suite ------------------------------------------------------------------

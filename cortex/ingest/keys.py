@@ -37,3 +37,30 @@ class KeyCache:
         """Forget every cached answer (after a change made in this process)."""
         with self._lock:
             self._entries.clear()
+
+
+class AppDirectory:
+    """Answers "which app of this org has this name?" (the generic API's ``business_id``)
+    from memory, reading an org's apps from the control database at most once every
+    ``ttl`` seconds."""
+
+    def __init__(self, store: ControlStore, ttl: float = 5.0, max_orgs: int = 10_000):
+        self.store = store
+        self.ttl = ttl
+        self.max_orgs = max_orgs
+        self._orgs: dict[str, tuple[float, dict[str, int]]] = {}
+        self._lock = threading.Lock()
+
+    def app_id(self, org: str, name: str) -> int | None:
+        """The id of app ``name`` of ``org``, or None when the org has no such app."""
+        now = time.monotonic()
+        cached = self._orgs.get(org)
+        if cached is None or cached[0] <= now or (name not in cached[1] and cached[0] - self.ttl + 1 <= now):
+            # an app created a moment ago is found within a second, not within ttl
+            apps = self.store.org_apps(org)
+            with self._lock:
+                if len(self._orgs) >= self.max_orgs:
+                    self._orgs.clear()
+                self._orgs[org] = (now + self.ttl, apps)
+            cached = self._orgs[org]
+        return cached[1].get(name)

@@ -49,9 +49,11 @@ class Timing:
         self.received_text = format_timestamp(self.received)
         self.future_limit_text = format_timestamp(self.received + timedelta(seconds=self.future_tolerance))
         self.skew: float | None = None
+        #: the difference between the clocks, whether or not it is corrected (for metrics)
+        self.measured_skew: float | None = None
         self._corrected: dict[str, str] = {}
         if self.client_now is not None:
-            skew = (self.received - self.client_now).total_seconds()
+            skew = self.measured_skew = (self.received - self.client_now).total_seconds()
             if abs(skew) > self.skew_threshold:
                 self.skew = skew
 

@@ -22,7 +22,9 @@ from cortex.ingest.pipeline import (
     now_utc,
     reject_all,
 )
+from cortex.metrics import record_clock_skew, record_events, rejection_reasons
 from cortex.queue import QueueUnavailable, Submission
+from cortex.requestlog import note_events, note_refusal, note_secret, request_id
 
 blueprint = Blueprint("ingest", __name__)
 
@@ -32,6 +34,8 @@ MAX_REASONS_SHOWN = 5
 
 def text_response(status: int, message: str, **headers: str) -> Response:
     """A plain-text answer, as the SDKs expect (exactly ``Content-Type: text/plain``)."""
+    if status >= 400:
+        note_refusal(message)
     return Response(message.encode("utf-8"), status=status, headers=headers, content_type="text/plain")
 
 
@@ -58,6 +62,11 @@ def ingest(org: str, endpoint: str) -> Response:
     """Decode, authenticate, validate and durably queue one bundle."""
     state = current_app.extensions["cortex"]
     settings = state.config["ingest"]
+    backpressure = state.extras["backpressure"]
+    refusal = backpressure.refusal()
+    if refusal is not None:
+        note_refusal(refusal)
+        return _busy(backpressure.retry_after)
     try:
         body = parse_json(read_body(request, settings["max_body_bytes"]))
         bundle, events = check_bundle_shape(body, endpoint, settings["max_events_per_bundle"])
@@ -66,11 +75,16 @@ def ingest(org: str, endpoint: str) -> Response:
     except BundleError as error:
         return text_response(400, str(error))
 
+    note_secret(bundle["api_key"])
     owner = state.keys.owner(bundle["api_key"])
     if owner is None:
         return text_response(403, "unknown or revoked API key; check the key configured in the app")
     if owner.org != org:
         return text_response(403, f"this API key is not valid for org {org!r}; check the URL and the key")
+    verdict = state.rate_limits.check(owner, request.remote_addr, describe=False)
+    if not verdict.allowed:
+        # every Data Cortex SDK resends the same events after a 429: nothing is lost
+        return text_response(429, "rate limit exceeded; retry later", **verdict.headers())
 
     timing = Timing.parse(
         now_utc(),
@@ -78,6 +92,9 @@ def ingest(org: str, endpoint: str) -> Response:
         skew_threshold=settings["clock_skew_threshold"],
         future_tolerance=settings["future_tolerance"],
     )
+    metered = state.extras["metrics_enabled"]
+    if metered and timing.measured_skew is not None:
+        record_clock_skew(timing.measured_skew)
     context = {
         "client_ip": request.remote_addr,
         "user_agent": request.headers.get("User-Agent"),
@@ -86,7 +103,8 @@ def ingest(org: str, endpoint: str) -> Response:
     try:
         outcome = build_records(bundle, events, endpoint, owner, timing, context)
     except BundleError as error:
-        return _refuse(state, owner, reject_all(bundle, events, endpoint, owner, timing, error.reasons), str(error))
+        refused = reject_all(bundle, events, endpoint, owner, timing, error.reasons)
+        return _refuse(state, owner, refused, str(error), "invalid_bundle")
 
     strict = settings["strict"] if owner.strict is None else owner.strict
     if outcome.rejected and strict:
@@ -98,26 +116,52 @@ def ingest(org: str, endpoint: str) -> Response:
         return _refuse(state, owner, refused, "strict mode: " + _describe(outcome))
     if not outcome.accepted:
         return _refuse(state, owner, outcome, "no valid event in the bundle: " + _describe(outcome))
+    if outcome.rejected:
+        _tag_rejected(outcome)
+    submission = Submission(owner.org, owner.app_id, outcome.accepted, outcome.rejected, outcome.shared)
     try:
-        state.queue.submit(Submission(owner.org, owner.app_id, outcome.accepted, outcome.rejected, outcome.shared))
+        state.queue.submit(submission)
     except QueueUnavailable as error:
-        return _unavailable(error)
+        return _unavailable(state, error)
+    _count(state, submission)
     return ok_response()
 
 
-def _refuse(state, owner, outcome: Outcome, message: str) -> Response:
+def _tag_rejected(outcome: Outcome) -> None:
+    """Put the request id on the refused events (the ingest error log's rows)."""
+    rid = request_id()
+    for _, record in outcome.rejected:
+        record["request_id"] = rid
+
+
+def _count(state, submission: Submission, reason: str | None = None) -> None:
+    """Count the request's events in the metrics (in bulk) and for its log line."""
+    note_events(submission.org, submission.accepted_count, submission.duplicate_count, submission.rejected_count)
+    if state.extras["metrics_enabled"]:
+        rejected = rejection_reasons(submission.stored_rejected, reason) if submission.rejected_count else None
+        record_events(submission.org, submission.accepted_count, submission.duplicate_count, rejected)
+
+
+def _refuse(state, owner, outcome: Outcome, message: str, reason: str | None = None) -> Response:
     """Log the bundle's events in the ingest error log and answer 400."""
+    _tag_rejected(outcome)
+    submission = Submission(owner.org, owner.app_id, [], outcome.rejected)
     try:
-        state.queue.submit(Submission(owner.org, owner.app_id, [], outcome.rejected))
+        state.queue.submit(submission)
     except QueueUnavailable as error:
-        return _unavailable(error)
+        return _unavailable(state, error)
+    _count(state, submission, reason)
     return text_response(400, message)
 
 
-def _unavailable(error: QueueUnavailable) -> Response:
+def _unavailable(state, error: QueueUnavailable) -> Response:
     """503 with ``Retry-After``: SDKs resend the same events later, so nothing is lost."""
     current_app.logger.error("%s", error)
-    return text_response(503, "Cortex cannot accept events right now; retry later", **{"Retry-After": "5"})
+    return _busy(state.extras["backpressure"].retry_after)
+
+
+def _busy(retry_after: str) -> Response:
+    return text_response(503, "Cortex cannot accept events right now; retry later", **{"Retry-After": retry_after})
 
 
 def _describe(outcome: Outcome) -> str:

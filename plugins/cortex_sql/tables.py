@@ -230,6 +230,8 @@ def _error_columns() -> list[sa.Column]:
         sa.Column("reasons", json_type()),
         sa.Column("payload", json_type()),
         sa.Column("bundle", json_type()),
+        # the X-Request-Id of the request that sent the event (request logs, client support)
+        sa.Column("request_id", sa.String(128)),
     ]
 
 

@@ -1,0 +1,82 @@
+"""Log output: plain text or JSON lines, one format for every Cortex log (``logging.format``).
+
+Records may carry structured ``fields`` (the request log does); the plain format writes them
+as ``key=value`` pairs after the message, the JSON format as keys of the line's object.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+from typing import Any
+
+import orjson
+
+PLAIN_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+FORMATS = ("plain", "json")
+
+
+def _plain_value(value: Any) -> str:
+    text = value if isinstance(value, str) else orjson.dumps(value).decode() if isinstance(value, (dict, list)) else str(value)
+    if not text or any(c in text for c in ' "=\n\t'):
+        return orjson.dumps(text).decode()
+    return text
+
+
+class PlainFormatter(logging.Formatter):
+    """``time LEVEL logger: message key=value ...``; values with spaces are quoted."""
+
+    def __init__(self):
+        super().__init__(PLAIN_FORMAT)
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The line for ``record``."""
+        line = super().format(record)
+        fields = getattr(record, "fields", None)
+        if fields:
+            pairs = " ".join(f"{key}={_plain_value(value)}" for key, value in fields.items() if value is not None)
+            head, newline, rest = line.partition("\n")
+            line = f"{head} {pairs}{newline}{rest}"
+        return line
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ``time``, ``level``, ``logger``, ``message``, the record's
+    ``fields`` and ``exception`` when there is one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The line for ``record``."""
+        line: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if fields:
+            for key, value in fields.items():
+                if value is not None:
+                    line.setdefault(key, value)
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return orjson.dumps(line, default=str).decode()
+
+
+def make_formatter(name: str) -> logging.Formatter:
+    """The formatter called ``name`` (``plain`` or ``json``)."""
+    return JsonFormatter() if name == "json" else PlainFormatter()
+
+
+def configure_logging(settings: dict) -> None:
+    """Send logs to stderr in the configured format and level, unless the host application
+    configured logging itself (then its handlers are left alone, as ``basicConfig`` does)."""
+    root = logging.getLogger()
+    handler = next((h for h in root.handlers if getattr(h, "cortex_handler", False)), None)
+    if handler is None:
+        if root.handlers:
+            return
+        handler = logging.StreamHandler()
+        handler.cortex_handler = True
+        root.addHandler(handler)
+    handler.setFormatter(make_formatter(settings.get("format", "plain")))
+    root.setLevel(settings["level"])
