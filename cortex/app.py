@@ -22,7 +22,7 @@ from cortex.operations import install_operations
 from cortex.openapi import serve_api_docs
 from cortex.privacy_api import blueprint as privacy_blueprint
 from cortex.plugins import check_configured_types, collect_types, describe_plugins, make_plugin_manager
-from cortex.queue import SQLiteQueue
+from cortex.queue import SQLiteQueue, make_queue
 from cortex.ratelimit import RateLimits
 from cortex.snippet import blueprint as snippet_blueprint
 from cortex.state import CortexState
@@ -49,7 +49,7 @@ def create_app(
 
     os.makedirs(config["data_dir"], exist_ok=True)
     control = ControlStore(config["control_db"])
-    queue = SQLiteQueue(config["queue"]["path"], config["queue"]["durability"])
+    queue = make_queue(config)
     _create_schemas(control, queue)
     state = CortexState(
         config=config,

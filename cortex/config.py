@@ -72,6 +72,26 @@ DEFAULTS: dict[str, Any] = {
         "pressure_check_interval": 1.0,
         # seconds a client is told to wait (Retry-After) when Cortex cannot accept
         "retry_after": 5,
+        # backend = "kafka": ingest nodes produce to a topic, `cortex worker`s consume it
+        "kafka": {
+            "bootstrap_servers": "",
+            "topic": "cortex-queue",
+            # partitions of the topic when Cortex creates it: the most workers that share a sink
+            "partitions": 12,
+            # consumer groups are "{group}.{sink}"
+            "group": "cortex",
+            # seconds an ingest request waits for the broker's acknowledgement before a 503
+            "ack_timeout": 10.0,
+            # librdkafka settings (security.*, sasl.*, ssl.* are used by consumers too)
+            "producer": {},
+            "consumer": {},
+        },
+        # where dedupe keys live when the queue does not keep them: "local" or "redis"
+        "dedupe": {
+            "backend": "local",
+            "url": "redis://127.0.0.1:6379/0",
+            "prefix": "cortex:dedupe:",
+        },
     },
     "dispatcher": {
         # run the dispatcher inside the server (one elected worker) or only in `cortex worker`
@@ -288,10 +308,12 @@ def finish(config: dict) -> dict:
         config["queue"]["path"] = str(data_dir / "queue.db")
     if config["queue"]["durability"] not in ("os", "fsync"):
         raise ConfigError('queue.durability must be "os" or "fsync"')
-    if config["queue"]["backend"] != "sqlite":
+    if config["queue"]["backend"] not in ("sqlite", "kafka"):
         raise ConfigError(
-            f'queue.backend {config["queue"]["backend"]!r} is not available; use "sqlite"'
+            f'queue.backend {config["queue"]["backend"]!r} is not available; use "sqlite" or "kafka"'
         )
+    if config["queue"]["dedupe"]["backend"] not in ("local", "redis"):
+        raise ConfigError('queue.dedupe.backend must be "local" or "redis"')
     for section in ("sinks", "enrichers"):
         for name, table in config[section].items():
             if not isinstance(table, dict) or not table.get("type"):
