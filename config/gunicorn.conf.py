@@ -22,6 +22,9 @@ graceful_timeout = _options["graceful_timeout"]
 keepalive = _options["keepalive"]
 max_requests = _options["max_requests"]
 max_requests_jitter = _options["max_requests_jitter"]
+limit_request_line = _options["limit_request_line"]
+limit_request_fields = _options["limit_request_fields"]
+limit_request_field_size = _options["limit_request_field_size"]
 
 # Each worker builds its own app after the fork (no preload): database connections are
 # never shared between processes.

@@ -15,14 +15,16 @@ from cortex.analytics.setup import install as install_analytics
 from cortex.config import load_config
 from cortex.control import ControlStore
 from cortex.enrichment import check_enrichers
+from cortex.errors import register_error_handlers
 from cortex.ingest.interactions_views import blueprint as interactions_blueprint
 from cortex.ingest.keys import AppDirectory, KeyCache
 from cortex.ingest.views import add_cors_headers, blueprint as ingest_blueprint
 from cortex.logs import configure_logging
 from cortex.operations import install_operations
+from cortex.openapi import serve_api_docs
 from cortex.privacy_api import blueprint as privacy_blueprint
 from cortex.plugins import check_configured_types, collect_types, describe_plugins, make_plugin_manager
-from cortex.queue import SQLiteQueue
+from cortex.queue import SQLiteQueue, make_queue
 from cortex.ratelimit import RateLimits
 from cortex.snippet import blueprint as snippet_blueprint
 from cortex.state import CortexState
@@ -49,7 +51,7 @@ def create_app(
 
     os.makedirs(config["data_dir"], exist_ok=True)
     control = ControlStore(config["control_db"])
-    queue = SQLiteQueue(config["queue"]["path"], config["queue"]["durability"])
+    queue = make_queue(config)
     _create_schemas(control, queue)
     state = CortexState(
         config=config,
@@ -77,6 +79,8 @@ def create_app(
     app.register_blueprint(privacy_blueprint)
     app.after_request(add_cors_headers)
     _register_introspection(app, state)
+    register_error_handlers(app)
+    serve_api_docs(app)
     install_operations(app, state)
     manager.hook.startup(app=app)
     return app

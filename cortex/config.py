@@ -36,6 +36,10 @@ DEFAULTS: dict[str, Any] = {
         "keepalive": 5,
         "max_requests": 0,
         "trust_proxy_hops": 0,
+        # gunicorn's bounds on the request line and headers (larger: 400 before Cortex runs)
+        "limit_request_line": 4094,
+        "limit_request_fields": 100,
+        "limit_request_field_size": 8190,
     },
     "ingest": {
         "max_body_bytes": 1_048_576,
@@ -49,6 +53,11 @@ DEFAULTS: dict[str, Any] = {
         "strict": False,
         # seconds an API key lookup is cached per process (revocation takes effect within it)
         "key_cache_seconds": 5,
+        # hostile-input bounds of the request body (cortex/ingest/body.py)
+        "max_decoded_bytes": 8_388_608,
+        "max_compression_ratio": 100,
+        "max_json_depth": 32,
+        "max_string_chars": 262_144,
     },
     "queue": {
         "backend": "sqlite",
@@ -63,6 +72,26 @@ DEFAULTS: dict[str, Any] = {
         "pressure_check_interval": 1.0,
         # seconds a client is told to wait (Retry-After) when Cortex cannot accept
         "retry_after": 5,
+        # backend = "kafka": ingest nodes produce to a topic, `cortex worker`s consume it
+        "kafka": {
+            "bootstrap_servers": "",
+            "topic": "cortex-queue",
+            # partitions of the topic when Cortex creates it: the most workers that share a sink
+            "partitions": 12,
+            # consumer groups are "{group}.{sink}"
+            "group": "cortex",
+            # seconds an ingest request waits for the broker's acknowledgement before a 503
+            "ack_timeout": 10.0,
+            # librdkafka settings (security.*, sasl.*, ssl.* are used by consumers too)
+            "producer": {},
+            "consumer": {},
+        },
+        # where dedupe keys live when the queue does not keep them: "local" or "redis"
+        "dedupe": {
+            "backend": "local",
+            "url": "redis://127.0.0.1:6379/0",
+            "prefix": "cortex:dedupe:",
+        },
     },
     "dispatcher": {
         # run the dispatcher inside the server (one elected worker) or only in `cortex worker`
@@ -293,10 +322,12 @@ def finish(config: dict) -> dict:
         config["queue"]["path"] = str(data_dir / "queue.db")
     if config["queue"]["durability"] not in ("os", "fsync"):
         raise ConfigError('queue.durability must be "os" or "fsync"')
-    if config["queue"]["backend"] != "sqlite":
+    if config["queue"]["backend"] not in ("sqlite", "kafka"):
         raise ConfigError(
-            f'queue.backend {config["queue"]["backend"]!r} is not available; use "sqlite"'
+            f'queue.backend {config["queue"]["backend"]!r} is not available; use "sqlite" or "kafka"'
         )
+    if config["queue"]["dedupe"]["backend"] not in ("local", "redis"):
+        raise ConfigError('queue.dedupe.backend must be "local" or "redis"')
     for section in ("sinks", "enrichers"):
         for name, table in config[section].items():
             if not isinstance(table, dict) or not table.get("type"):
@@ -304,6 +335,10 @@ def finish(config: dict) -> dict:
     _check_number(config, "ingest", "max_body_bytes", minimum=1024)
     _check_number(config, "ingest", "max_events_per_bundle", minimum=1)
     _check_number(config, "server", "workers", minimum=1)
+    _check_number(config, "ingest", "max_decoded_bytes", minimum=config["ingest"]["max_body_bytes"])
+    _check_number(config, "ingest", "max_compression_ratio", minimum=1)
+    _check_number(config, "ingest", "max_json_depth", minimum=4)
+    _check_number(config, "ingest", "max_string_chars", minimum=65536)
     _check_operations(config)
     _check_number(config, "interactions", "max_events_per_batch", minimum=1)
     _check_retention(config)

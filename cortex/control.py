@@ -258,7 +258,8 @@ class ControlStore:
         """Revoke a key given its id or its prefix; ingest refuses it within seconds."""
         with self.engine.begin() as conn:
             if key_id_or_prefix.isdigit():
-                condition = api_keys.c.id == int(key_id_or_prefix)
+                # a prefix may be all digits too
+                condition = sa.or_(api_keys.c.id == int(key_id_or_prefix), api_keys.c.prefix == key_id_or_prefix)
             else:
                 condition = api_keys.c.prefix == key_id_or_prefix
             rows = conn.execute(sa.select(api_keys.c.id, api_keys.c.revoked_at).where(condition)).all()

@@ -228,7 +228,9 @@ class Dispatcher:
         self.enriched = EnrichedEntries(
             Enrichment.from_state(state), state.config["dispatcher"]["batch_size"] * (len(sinks) + 1)
         )
-        self.runners = [SinkRunner(state, sink, [], self.stop, self.enriched) for sink in sinks]
+        # a queue backend may bring its own way of reading (Kafka: a consumer group per sink)
+        runner_class = getattr(state.queue, "sink_runner_class", SinkRunner)
+        self.runners = [runner_class(state, sink, [], self.stop, self.enriched) for sink in sinks]
         self.threads: list[threading.Thread] = []
 
     @property

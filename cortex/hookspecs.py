@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import flask
 
     from cortex.enrichers import Enricher
+    from cortex.openapi import ApiDocs
     from cortex.sinks import Sink
 
 hookspec = pluggy.HookspecMarker("cortex")
@@ -68,6 +69,16 @@ def startup(app: "flask.Flask") -> None:
     Use it to register blueprints or read configuration.  Open no network connection here:
     under gunicorn, sinks and enrichers open their connections after the worker fork, in
     their own ``open()``.
+    """
+
+
+@hookspec
+def register_api_docs(docs: "ApiDocs") -> None:
+    """Describe the HTTP endpoints a plugin adds, for ``/openapi.json`` and ``/docs``.
+
+    Call ``docs.component(name, schema)`` for request and answer schemas (marshmallow schemas
+    or JSON Schema dicts) and ``docs.operation(Operation(...))`` for each endpoint and
+    method; see :mod:`cortex.openapi`.
     """
 
 

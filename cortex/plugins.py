@@ -23,6 +23,8 @@ ENTRY_POINT_GROUP = "cortex"
 KNOWN_TYPE_PACKAGES = {
     "sql": "cortex",
     "file": "cortex",
+    "http": "cortex[http]",
+    "kafka": "cortex[kafka]",
 }
 
 

@@ -20,6 +20,8 @@ import orjson
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from cortex.config import reveal
+from cortex.ingest.body import BodyError, read_json
+from cortex.ingest.views import body_limits
 from cortex.subjects import IDENTITY_KINDS, Subject
 
 __all__ = ["authorize_org_admin", "blueprint"]
@@ -61,7 +63,12 @@ def _error(status: int, message: str, **headers: str) -> Response:
 
 def _request_subject(state) -> tuple[Subject | None, dict[str, Any], Response | None]:
     """The subject of the request body, after authorisation; or the error answer."""
-    body = request.get_json(force=True, silent=True)
+    try:
+        # the same bounded reading as the ingest endpoints: capped, decompressed with a bound,
+        # depth- and size-checked, before anyone is authorised (the org is in the body)
+        body = read_json(request, body_limits(state))
+    except BodyError as error:
+        return None, {}, _error(error.status, str(error))
     if not isinstance(body, dict):
         return None, {}, _error(400, "send a JSON object with org and the person's identifiers")
     org = body.get("org")

@@ -585,3 +585,13 @@ def expand(entry: Any) -> list[dict]:
         records.append(record)
     records.extend(entry["rejected"])
     return records
+
+
+def make_queue(config: dict):
+    """The queue backend ``[queue] backend`` names: the embedded SQLite queue (default) or
+    Kafka (:class:`cortex.kafka_queue.KafkaQueue`, for several nodes)."""
+    if config["queue"]["backend"] == "kafka":
+        from cortex.kafka_queue import KafkaQueue
+
+        return KafkaQueue(config)
+    return SQLiteQueue(config["queue"]["path"], config["queue"]["durability"])

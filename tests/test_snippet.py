@@ -278,7 +278,9 @@ def test_a_batch_larger_than_a_keepalive_request_is_sent_too(browser, setup):
     page.evaluate("for (var i = 0; i < 40; i++) trackEvent('review', {text: 'é'.repeat(1000), n: i})")
     page.wait_for_function("cortex.pending() === 0", timeout=15_000)
     page.close()
-    assert [p["status"] for p in recorded.posts] == [200]
+    # the page view may go out on its own first when the page is slow to load
+    assert {p["status"] for p in recorded.posts} == {200}
+    assert max(len(p["events"]) for p in recorded.posts) >= 40
     assert len(interactions(server)) == 41
 
 

@@ -13,11 +13,12 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError
 
-from cortex.ingest.fields import Coercing, Text, current_warnings
+from cortex.ingest.fields import Coercing, Text, current_warnings, strip_control
 
 MISSING_MESSAGE = "Missing data for required field."
 MAX_EXTRA_FIELDS = 50
 MAX_EXTRA_STRING = 1024
+MAX_EXTRA_KEY = 64
 
 
 class CompiledSchema:
@@ -99,14 +100,18 @@ def _messages_from(messages: Any) -> list[str]:
 
 def _keep_extra(extra: dict, key: str, value: Any, warnings: list[str]) -> None:
     """Keep an unknown field if it is a scalar and within limits; say so when it is not."""
+    name = strip_control(key[:MAX_EXTRA_KEY])
     if len(extra) >= MAX_EXTRA_FIELDS:
-        warnings.append(f"{key}: unknown field dropped (more than {MAX_EXTRA_FIELDS} unknown fields)")
+        warnings.append(f"{name}: unknown field dropped (more than {MAX_EXTRA_FIELDS} unknown fields)")
     elif type(value) is str:
         if len(value) > MAX_EXTRA_STRING:
-            warnings.append(f"{key}: unknown field truncated to {MAX_EXTRA_STRING} characters")
+            warnings.append(f"{name}: unknown field truncated to {MAX_EXTRA_STRING} characters")
             value = value[:MAX_EXTRA_STRING]
-        extra[key[:64]] = value
+        cleaned = strip_control(value)
+        if cleaned is not value and cleaned != value:
+            warnings.append(f"{name}: control characters removed from unknown field")
+        extra[name] = cleaned
     elif value is None or type(value) in (int, float, bool):
-        extra[key[:64]] = value
+        extra[name] = value
     else:
-        warnings.append(f"{key}: unknown field of type {type(value).__name__} dropped")
+        warnings.append(f"{name}: unknown field of type {type(value).__name__} dropped")

@@ -18,7 +18,15 @@ from marshmallow import ValidationError, fields
 #: warnings raised while loading one record: list of "field: message" strings
 current_warnings: ContextVar[list[str] | None] = ContextVar("current_warnings", default=None)
 
-_CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# C0 and C1 control characters and DEL; tab, newline and carriage return are text
+_CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def strip_control(value: str) -> str:
+    """``value`` without control characters (tab, newline and carriage return kept)."""
+    if value.isprintable():  # the common case, checked in C
+        return value
+    return _CONTROL_CHARS.sub("", value)
 
 
 class Coercing(fields.Field):

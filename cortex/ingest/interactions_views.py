@@ -23,9 +23,10 @@ from typing import Any
 import orjson
 from flask import Blueprint, Response, current_app, request
 
-from cortex.ingest.body import BodyError, parse_json, read_body
+from cortex.ingest.body import BodyError, read_json
 from cortex.ingest.interactions import InteractionBatch, build_interactions
 from cortex.ingest.pipeline import Timing, now_utc
+from cortex.ingest.views import body_limits, header_text
 from cortex.queue import QueueUnavailable, Submission
 
 blueprint = Blueprint("interactions", __name__, url_prefix="/api/v1")
@@ -101,7 +102,7 @@ def ingest(batch: bool) -> Response:
     limit_headers = verdict.headers() if verdict.limit else {}
 
     try:
-        body = parse_json(read_body(request, settings["max_body_bytes"]))
+        body = read_json(request, body_limits(state))
     except BodyError as error:
         return error_response(error.status, str(error), **limit_headers)
     max_events = state.config["interactions"]["max_events_per_batch"]
@@ -126,8 +127,8 @@ def ingest(batch: bool) -> Response:
     )
     context = {
         "client_ip": request.remote_addr,
-        "user_agent": request.headers.get("User-Agent"),
-        "accept_language": request.headers.get("Accept-Language"),
+        "user_agent": header_text("User-Agent"),
+        "accept_language": header_text("Accept-Language"),
     }
     strict = settings["strict"] if owner.strict is None else owner.strict
     result = build_interactions(

@@ -16,13 +16,25 @@ from marshmallow import ValidationError
 
 from cortex.control import KeyOwner
 from cortex.ingest.compiled import CompiledSchema
-from cortex.ingest.fields import format_timestamp, parse_timestamp
+from cortex.ingest.fields import format_timestamp, parse_timestamp, strip_control
 from cortex.ingest.schemas import EVENT_TYPES, SCHEMAS
 
 BUNDLE = CompiledSchema(SCHEMAS["bundle"])
 LOG_LINE = CompiledSchema(SCHEMAS["log"])
 EVENTS = {event_type: CompiledSchema(SCHEMAS[event_type]) for event_type in EVENT_TYPES}
-UNKNOWN_TYPE = "Unknown event type {!r}; expected one of: " + ", ".join(EVENT_TYPES) + "."
+UNKNOWN_TYPE = "Unknown event type {}; expected one of: " + ", ".join(EVENT_TYPES) + "."
+#: characters of a client's value shown in a message (messages are answered and stored)
+SHOWN_CHARS = 64
+
+
+def shown(value: Any) -> str:
+    """A bounded, escaped rendering of a client's value for a message: a string's first
+    characters in quotes, or only the JSON type of anything else."""
+    if type(value) is str:
+        return repr(value[:SHOWN_CHARS]) + ("..." if len(value) > SHOWN_CHARS else "")
+    if value is None or type(value) in (int, float, bool):
+        return repr(value)
+    return f"of JSON type {'object' if isinstance(value, dict) else 'array'}"
 
 
 class BundleError(Exception):
@@ -207,7 +219,7 @@ class _BundleRecords:
             **self.base,
             "id": key.hex(),
             "kind": "rejected",
-            "type": event_type if type(event_type) is str else None,
+            "type": strip_control(event_type[:SHOWN_CHARS]) if type(event_type) is str else None,
             "endpoint": self.endpoint,
             "position": position,
             "reasons": reasons,
@@ -266,7 +278,7 @@ def build_records(
             event_type = event.get("type")
             schema = EVENTS.get(event_type) if type(event_type) is str else None
             if schema is None:
-                records.reject(position, event, {"type": [UNKNOWN_TYPE.format(event_type)]})
+                records.reject(position, event, {"type": [UNKNOWN_TYPE.format(shown(event_type))]})
                 continue
         values, extra, warnings, errors = schema.load(event)
         if errors:

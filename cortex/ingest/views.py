@@ -12,7 +12,8 @@ import re
 
 from flask import Blueprint, Response, current_app, request
 
-from cortex.ingest.body import BodyError, parse_json, read_body
+from cortex.ingest.body import BodyError, BodyLimits, read_json
+from cortex.ingest.fields import strip_control
 from cortex.ingest.pipeline import (
     BundleError,
     Outcome,
@@ -30,6 +31,7 @@ blueprint = Blueprint("ingest", __name__)
 
 INGEST_PATH = re.compile(r"^/[^/]+/1/(track|app_log)/?$")
 MAX_REASONS_SHOWN = 5
+MAX_HEADER_CHARS = 512
 
 
 def text_response(status: int, message: str, **headers: str) -> Response:
@@ -58,6 +60,20 @@ def app_log(org: str) -> Response:
     return ingest(org, "app_log")
 
 
+def header_text(name: str, limit: int = MAX_HEADER_CHARS) -> str | None:
+    """A request header's value as stored: control characters removed, at most ``limit`` long."""
+    value = request.headers.get(name)
+    return None if value is None else strip_control(value[:limit])
+
+
+def body_limits(state) -> BodyLimits:
+    """The body limits of an app's configuration, made once per app."""
+    limits = state.extras.get("body_limits")
+    if limits is None:
+        limits = state.extras["body_limits"] = BodyLimits.from_config(state.config["ingest"])
+    return limits
+
+
 def ingest(org: str, endpoint: str) -> Response:
     """Decode, authenticate, validate and durably queue one bundle."""
     state = current_app.extensions["cortex"]
@@ -68,7 +84,7 @@ def ingest(org: str, endpoint: str) -> Response:
         note_refusal(refusal)
         return _busy(backpressure.retry_after)
     try:
-        body = parse_json(read_body(request, settings["max_body_bytes"]))
+        body = read_json(request, body_limits(state))
         bundle, events = check_bundle_shape(body, endpoint, settings["max_events_per_bundle"])
     except BodyError as error:
         return text_response(error.status, str(error))
@@ -80,7 +96,7 @@ def ingest(org: str, endpoint: str) -> Response:
     if owner is None:
         return text_response(403, "unknown or revoked API key; check the key configured in the app")
     if owner.org != org:
-        return text_response(403, f"this API key is not valid for org {org!r}; check the URL and the key")
+        return text_response(403, f"this API key is not valid for org {ascii(org[:64])}; check the URL and the key")
     verdict = state.rate_limits.check(owner, request.remote_addr, describe=False)
     if not verdict.allowed:
         # every Data Cortex SDK resends the same events after a 429: nothing is lost
@@ -97,8 +113,8 @@ def ingest(org: str, endpoint: str) -> Response:
         record_clock_skew(timing.measured_skew)
     context = {
         "client_ip": request.remote_addr,
-        "user_agent": request.headers.get("User-Agent"),
-        "accept_language": request.headers.get("Accept-Language"),
+        "user_agent": header_text("User-Agent"),
+        "accept_language": header_text("Accept-Language"),
     }
     try:
         outcome = build_records(bundle, events, endpoint, owner, timing, context)
