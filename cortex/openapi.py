@@ -50,6 +50,7 @@ CORE_APIS: tuple[str, ...] = (
     "cortex.ingest.interactions_api_docs",
     "cortex.privacy_api_docs",
     "cortex.operations_api_docs",
+    "cortex.analytics.api_docs",
     "cortex.openapi",
 )
 
