@@ -133,5 +133,5 @@ def test_a_missing_database_passes_records_through_with_a_warning(make_cortex, t
 
 
 def test_unknown_option_is_a_startup_error(make_cortex):
-    with pytest.raises(ConfigError, match=r"\[enrichers.geo\] unknown options datbase"):
+    with pytest.raises(ConfigError, match=r"\[enrichers.geo\] unknown option\(s\) datbase"):
         make_cortex(enrichers={"geo": {"type": "geoip", "datbase": "/x.mmdb"}})

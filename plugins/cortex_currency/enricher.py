@@ -7,6 +7,7 @@ from datetime import date
 from typing import Any
 
 from cortex import Enricher
+from cortex.options import refuse_unknown_options
 from cortex_currency.rates import UsdRates
 
 OPTIONS = {"rates_file", "max_age_days"}
@@ -76,9 +77,7 @@ class CurrencyEnricher(Enricher):
 
     def __init__(self, name, options, context):
         super().__init__(name, options, context)
-        unknown = set(self.options) - OPTIONS
-        if unknown:
-            raise ValueError(f"unknown options {', '.join(sorted(unknown))}; known: {', '.join(sorted(OPTIONS))}")
+        refuse_unknown_options(self.options, OPTIONS)
         self.rates_file = self.options.get("rates_file") or None
         self.max_age_days = self.options.get("max_age_days", 31)
         if isinstance(self.max_age_days, bool) or not isinstance(self.max_age_days, int) or self.max_age_days < 0:

@@ -33,6 +33,7 @@ from typing import Any, ClassVar, Iterator, Mapping
 
 import orjson
 
+from cortex.options import refuse_unknown_options
 from cortex.sinks import PermanentError, Sink, SinkContext
 from cortex_file.layout import StreamKey, day_of, org_dirname, part_name, stream_parts
 from cortex_file import privacy
@@ -72,12 +73,7 @@ class FileSink(Sink):
 
     def __init__(self, name: str, options: Mapping[str, Any], context: SinkContext):
         super().__init__(name, options, context)
-        unknown = sorted(set(self.options) - _OPTIONS)
-        if unknown:
-            raise ValueError(
-                f"sink {name!r} (file): unknown option(s) {', '.join(unknown)}; "
-                f"known: {', '.join(sorted(_OPTIONS))}"
-            )
+        refuse_unknown_options(self.options, _OPTIONS, f"sink {name!r} (file): ")
         self.path = self._path_option(self.options.get("path"))
         self.max_bytes = self.options.get("max_bytes", DEFAULT_MAX_BYTES)
         max_bytes = self.max_bytes

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from cortex import Enricher
+from cortex.options import refuse_unknown_options
 from cortex_geoip.lookup import NOWHERE, IptoccLookup, Lookup, MaxMindLookup, Place, is_public, parse_address
 
 OPTIONS = {"database", "language", "store_ip"}
@@ -35,9 +36,7 @@ class GeoIpEnricher(Enricher):
 
     def __init__(self, name, options, context):
         super().__init__(name, options, context)
-        unknown = set(self.options) - OPTIONS
-        if unknown:
-            raise ValueError(f"unknown options {', '.join(sorted(unknown))}; known: {', '.join(sorted(OPTIONS))}")
+        refuse_unknown_options(self.options, OPTIONS)
         self.database = str(self.options.get("database") or "")
         self.language = str(self.options.get("language") or "en")
         self.store_ip = bool(self.options.get("store_ip", False))

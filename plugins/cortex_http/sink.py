@@ -49,6 +49,7 @@ from typing import Any, ClassVar, Mapping
 import orjson
 
 from cortex.config import reveal
+from cortex.options import refuse_unknown_options
 from cortex.sinks import PermanentError, Sink, SinkContext
 from cortex_http.ratelimit import TokenBucket
 from cortex_http.retry import backoff_delay, parse_retry_after
@@ -100,12 +101,7 @@ class HttpSink(Sink):
 
     def __init__(self, name: str, options: Mapping[str, Any], context: SinkContext):
         super().__init__(name, options, context)
-        unknown = sorted(set(self.options) - _OPTIONS)
-        if unknown:
-            raise ValueError(
-                f"sink {name!r} (http): unknown option(s) {', '.join(unknown)}; "
-                f"known: {', '.join(sorted(_OPTIONS))}"
-            )
+        refuse_unknown_options(self.options, _OPTIONS, f"sink {name!r} (http): ")
         settings = {**_DEFAULTS, **self.options}
         url = reveal(settings.get("url"))
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):

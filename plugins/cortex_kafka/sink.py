@@ -34,6 +34,7 @@ from typing import Any, ClassVar, Mapping
 import orjson
 
 from cortex.config import reveal
+from cortex.options import refuse_unknown_options
 from cortex.sinks import PermanentError, Sink, SinkContext
 
 __all__ = ["KafkaSink", "KafkaDeliveryError", "message_key"]
@@ -79,12 +80,7 @@ class KafkaSink(Sink):
 
     def __init__(self, name: str, options: Mapping[str, Any], context: SinkContext):
         super().__init__(name, options, context)
-        unknown = sorted(set(self.options) - _OPTIONS)
-        if unknown:
-            raise ValueError(
-                f"sink {name!r} (kafka): unknown option(s) {', '.join(unknown)}; "
-                f"known: {', '.join(sorted(_OPTIONS))}"
-            )
+        refuse_unknown_options(self.options, _OPTIONS, f"sink {name!r} (kafka): ")
         servers = reveal(self.options.get("bootstrap_servers"))
         if not isinstance(servers, str) or not servers.strip():
             raise ValueError(f'sink {name!r} (kafka): bootstrap_servers is required, e.g. "127.0.0.1:9092"')

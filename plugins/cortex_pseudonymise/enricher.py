@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from cortex import Enricher, SinkContext
+from cortex.options import refuse_unknown_options
 from cortex_pseudonymise.keys import KeyRing
 
 OPTIONS = {"orgs", "keys", "current_key", "fields"}
@@ -42,9 +43,7 @@ class PseudonymiseEnricher(Enricher):
 
     def __init__(self, name, options, context):
         super().__init__(name, options, context)
-        unknown = set(self.options) - OPTIONS
-        if unknown:
-            raise ValueError(f"unknown options {', '.join(sorted(unknown))}; known: {', '.join(sorted(OPTIONS))}")
+        refuse_unknown_options(self.options, OPTIONS)
         orgs = self.options.get("orgs")
         if not isinstance(orgs, list) or not orgs or not all(isinstance(o, str) for o in orgs):
             raise ValueError('needs orgs, a list of org slugs (or ["*"] for every org)')
