@@ -31,9 +31,10 @@ from cortex.sinks import SinkContext
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "plugins"))
 
-from cortex_currency import CurrencyEnricher  # noqa: E402
-from cortex_device import DeviceEnricher, LanguageEnricher  # noqa: E402
-from cortex_geoip import GeoIpEnricher  # noqa: E402
+from cortex_currency.enricher import CurrencyEnricher  # noqa: E402
+from cortex_device.device import DeviceEnricher  # noqa: E402
+from cortex_device.language import LanguageEnricher  # noqa: E402
+from cortex_geoip.enricher import GeoIpEnricher  # noqa: E402
 from cortex_pseudonymise import PseudonymiseEnricher  # noqa: E402
 
 PLATFORMS = [

@@ -25,6 +25,9 @@ KNOWN_TYPE_PACKAGES = {
     "file": "cortex",
     "http": "cortex[http]",
     "kafka": "cortex[kafka]",
+    "geoip": "cortex[geoip]",
+    "currency": "cortex[currency]",
+    "device": "cortex[device]",
 }
 
 

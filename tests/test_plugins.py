@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from conftest import make_plugin
@@ -75,3 +77,21 @@ def test_registering_something_that_is_not_a_sink_is_an_error(tmp_path):
     bad = make_plugin("bad", register_sinks=hookimpl(lambda register: register(object)))
     with pytest.raises(ConfigError, match="not a Sink"):
         create_app(overrides={"data_dir": str(tmp_path)}, plugins=[bad])
+
+
+@pytest.mark.parametrize("type_name, module, extra", [
+    ("currency", "currency_converter", "cortex[currency]"),
+    ("device", "ua_parser", "cortex[device]"),
+    ("geoip", "iptocc", "cortex[geoip]"),
+])
+def test_a_bundled_enricher_without_its_library_names_the_extra(tmp_path, monkeypatch, type_name, module, extra):
+    """A plain ``pip install cortex`` starts; configuring an enricher whose library is
+    missing is a startup error that says which extra to install."""
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    missing = {module, "maxminddb"}
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in missing else find_spec(name, *a))
+    create_app(overrides={"data_dir": str(tmp_path / "plain")})  # nothing configured: starts
+    with pytest.raises(ConfigError, match=rf"pip install '{re.escape(extra)}'"):
+        create_app(overrides={"data_dir": str(tmp_path / "configured"), "enrichers": {"e": {"type": type_name}}})

