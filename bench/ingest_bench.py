@@ -338,18 +338,21 @@ def accepted_events(status: dict) -> int:
 
 
 def sink_rows(events_db: Path) -> dict[str, int]:
-    """Rows per table of the SQL sink, without ``ingest_errors`` and bookkeeping tables.
+    """Rows per event table of the SQL sink (its families, without ``ingest_errors``; not
+    the rollups or bookkeeping tables).
 
     Empty when the database does not exist (the sink never opened).
     """
     if not events_db.exists():
         return {}
+    from cortex_sql.tables import FAMILIES
+
+    event_tables = {family.table for family in FAMILIES if family.kind != "rejected"}
     conn = sqlite3.connect(f"file:{events_db}?mode=ro", uri=True, timeout=10)
     try:
         tables = [
             name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-            # ingest_errors holds rejected events; *_version tables are migration bookkeeping
-            if name != "ingest_errors" and not name.endswith("_version") and not name.startswith("sqlite_")
+            if name in event_tables
         ]
         return {name: conn.execute(f'SELECT count(*) FROM "{name}"').fetchone()[0] for name in tables}
     finally:
