@@ -409,3 +409,35 @@ def test_file_sink_rewrite_is_atomic_and_leftovers_are_cleaned(tmp_path):
         assert [orjson.loads(line)["user_tag"] for line in day_file.read_bytes().splitlines()] == ["bob", "carol"]
     finally:
         reopened.close()
+
+
+def test_api_for_org_admins_with_account_tokens(make_cortex):
+    """An account that is an admin of the org may export and delete; an analyst of the org
+    and an admin of another org may not."""
+    from analytics_data import make_user
+
+    cortex = make_cortex(sinks=TWO_SINKS)
+    cortex.state.control.create_org("other")
+    person_bundles(cortex, ALICE)
+    person_bundles(cortex, BOB)
+    cortex.deliver()
+    admin = make_user(cortex, "admin@demo.example", "demo", "admin")
+    analyst = make_user(cortex, "analyst@demo.example", "demo", "analyst")
+    outsider = make_user(cortex, "admin@other.example", "other", "admin")
+    body = {"org": "demo", "user_tag": ALICE["user_tag"]}
+
+    def post(path, token, payload=body):
+        return cortex.client.post(path, json=payload, headers={"Authorization": f"Bearer {token}"})
+
+    for token in (analyst, outsider):
+        refused = post("/api/v1/privacy/export", token)
+        assert refused.status_code == 403 and "not an admin token of org 'demo'" in refused.json["error"]
+        assert post("/api/v1/privacy/delete", token).status_code == 403
+    exported = post("/api/v1/privacy/export", admin)
+    assert exported.status_code == 200 and len(exported.data.splitlines()) == 9
+    deleted = post("/api/v1/privacy/delete", admin, {**body, "device_tag": [ALICE["device_tag"]]})
+    assert deleted.status_code == 200, deleted.json
+    assert post("/api/v1/privacy/export", admin).data == b""
+    # Bob is untouched
+    bob = post("/api/v1/privacy/export", admin, {"org": "demo", "user_tag": BOB["user_tag"]})
+    assert len(bob.data.splitlines()) == 9
