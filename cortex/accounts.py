@@ -31,7 +31,7 @@ import sqlalchemy as sa
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from cortex.control import ControlError, metadata, orgs
+from cortex.control import ControlError, metadata, orgs, revoke_by_id_or_prefix
 
 ROLES = ("viewer", "analyst", "admin")
 #: a role's rank: a role may do everything a lower-ranked one may
@@ -272,20 +272,11 @@ class AccountStore:
 
     def revoke_token(self, token_id_or_prefix: str | int, user_id: int | None = None) -> dict:
         """Revoke a token by id or prefix; with ``user_id``, only that user's own tokens."""
-        text = str(token_id_or_prefix)
-        condition = api_tokens.c.id == int(text) if text.isdigit() else api_tokens.c.prefix == text
-        if user_id is not None:
-            condition = condition & (api_tokens.c.user_id == user_id)
+        restrict = api_tokens.c.user_id == user_id if user_id is not None else None
         with self.engine.begin() as conn:
-            rows = conn.execute(sa.select(api_tokens.c.id, api_tokens.c.revoked_at).where(condition)).all()
-            if not rows:
-                raise ControlError(f"no token with id or prefix {text!r} (see: cortex tokens list)")
-            if len(rows) > 1:
-                raise ControlError(f"prefix {text!r} matches {len(rows)} tokens; give the id")
-            token_id, revoked_at = rows[0]
-            if revoked_at is None:
-                conn.execute(api_tokens.update().where(api_tokens.c.id == token_id).values(revoked_at=_now()))
-        return {"id": token_id, "revoked": True}
+            return revoke_by_id_or_prefix(
+                conn, api_tokens, str(token_id_or_prefix), "token", "cortex tokens list", restrict
+            )
 
     def caller_for_token(self, token: str) -> Caller | None:
         """The caller a live token acts for; None for unknown, expired or revoked tokens."""

@@ -12,6 +12,7 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -257,20 +258,7 @@ class ControlStore:
     def revoke_key(self, key_id_or_prefix: str) -> dict:
         """Revoke a key given its id or its prefix; ingest refuses it within seconds."""
         with self.engine.begin() as conn:
-            if key_id_or_prefix.isdigit():
-                # a prefix may be all digits too
-                condition = sa.or_(api_keys.c.id == int(key_id_or_prefix), api_keys.c.prefix == key_id_or_prefix)
-            else:
-                condition = api_keys.c.prefix == key_id_or_prefix
-            rows = conn.execute(sa.select(api_keys.c.id, api_keys.c.revoked_at).where(condition)).all()
-            if not rows:
-                raise ControlError(f"no API key with id or prefix {key_id_or_prefix!r} (see: cortex keys list)")
-            if len(rows) > 1:
-                raise ControlError(f"prefix {key_id_or_prefix!r} matches {len(rows)} keys; give the id")
-            key_id, revoked_at = rows[0]
-            if revoked_at is None:
-                conn.execute(api_keys.update().where(api_keys.c.id == key_id).values(revoked_at=_now()))
-        return {"id": key_id, "revoked": True}
+            return revoke_by_id_or_prefix(conn, api_keys, key_id_or_prefix, "API key", "cortex keys list")
 
     def lookup_key(self, key: str) -> KeyOwner | None:
         """The owner of a live key, or None for an unknown or revoked key."""
@@ -297,3 +285,31 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+def revoke_by_id_or_prefix(
+    conn: sa.Connection, table: sa.Table, id_or_prefix: str, noun: str, listing: str,
+    restrict: Any = None,
+) -> dict:
+    """Set ``revoked_at`` on the one row of ``table`` (API keys, account tokens) whose id or
+    prefix is ``id_or_prefix``, within ``restrict`` (an extra condition) if given.
+
+    Raises :class:`ControlError` naming ``noun`` and the ``listing`` command when no row or
+    several rows match.  Revoking a revoked row changes nothing.
+    """
+    if id_or_prefix.isdigit():
+        # a prefix may be all digits too
+        condition = sa.or_(table.c.id == int(id_or_prefix), table.c.prefix == id_or_prefix)
+    else:
+        condition = table.c.prefix == id_or_prefix
+    if restrict is not None:
+        condition = sa.and_(condition, restrict)
+    rows = conn.execute(sa.select(table.c.id, table.c.revoked_at).where(condition)).all()
+    if not rows:
+        raise ControlError(f"no {noun} with id or prefix {id_or_prefix!r} (see: {listing})")
+    if len(rows) > 1:
+        raise ControlError(f"prefix {id_or_prefix!r} matches {len(rows)} {noun.split()[-1]}s; give the id")
+    row_id, revoked_at = rows[0]
+    if revoked_at is None:
+        conn.execute(table.update().where(table.c.id == row_id).values(revoked_at=_now()))
+    return {"id": row_id, "revoked": True}

@@ -120,6 +120,16 @@ class SinkRunner:
         entries = self.queue.read(cursor, self.batch_size)
         if not entries:
             return 0
+        kept = self.records_to_deliver(entries)
+        delivered = self.deliver(kept) if kept else 0
+        self.queue.advance(self.sink.name, entries[-1].seq, delivered)
+        if self.metered:
+            record_delivery(self.sink.name, delivered=delivered)
+        return sum(len(entry.records) for entry in entries)
+
+    def records_to_deliver(self, entries: list) -> list[dict[str, Any]]:
+        """The enriched records of ``entries`` to write to the sink: the ones an enricher
+        dead-lettered go to the dead-letter store, a tombstoned person's are dropped."""
         records, dead = self.enrich(entries)
         for reason, refused in dead.items():
             # the records as read from the queue, request context included, so that a
@@ -129,12 +139,7 @@ class SinkRunner:
                 self.queue.dead_letter(self.sink.name, refused, reason)
         # after enrichment: tombstones hold every stored form of an identifier, the
         # pseudonyms included
-        kept = self.tombstones.filter(records)
-        delivered = self.deliver(kept) if kept else 0
-        self.queue.advance(self.sink.name, entries[-1].seq, delivered)
-        if self.metered:
-            record_delivery(self.sink.name, delivered=delivered)
-        return sum(len(entry.records) for entry in entries)
+        return self.tombstones.filter(records)
 
     def enrich(self, entries: list) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
         """The records of ``entries`` to deliver, enriched and without request context, and

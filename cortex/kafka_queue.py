@@ -425,12 +425,7 @@ class KafkaSinkRunner(SinkRunner):
             self.idle = not messages
             return 0
         self.idle = False
-        records, dead = self.enrich(entries)
-        for reason, refused in dead.items():
-            refused = self.tombstones.filter(refused)
-            if refused:
-                self.queue.dead_letter(self.sink.name, refused, reason)
-        kept = self.tombstones.filter(records)
+        kept = self.records_to_deliver(entries)
         # offsets grow only per partition; sinks want seq to grow from batch to batch
         seq = self.seq.next_base(1)
         for record in kept:

@@ -234,6 +234,12 @@ def pg_schema(postgres_url):
 @pytest.fixture
 def postgres_url():
     """The local PostgreSQL server's URL; skips (fails in CI) when it is not reachable."""
+    return reachable_postgres_url()
+
+
+def reachable_postgres_url() -> str:
+    """The local PostgreSQL server's URL; skips the test (fails it in CI) when it is not
+    reachable.  For fixtures of a wider scope than ``postgres_url``."""
     engine = sa.create_engine(POSTGRES_URL)
     try:
         with engine.connect():

@@ -19,36 +19,20 @@ def world(request, tmp_path_factory):
     """The seeded data set on SQLite or PostgreSQL, shared by the module's tests (they only read)."""
     import uuid
 
-    from conftest import Cortex, drop_schema
+    from conftest import Cortex, drop_schema, reachable_postgres_url
 
     data_dir = tmp_path_factory.mktemp(f"analytics-{request.param}") / "data"
     if request.param == "sqlite":
         cortex = Cortex(data_dir)
         yield cortex, seed(cortex)
         return
-    url = _reachable_postgres()
+    url = reachable_postgres_url()
     schema = f"cortex_test_{uuid.uuid4().hex[:12]}"
     try:
         cortex = Cortex(data_dir, {"sinks": {"sql": {"type": "sql", "url": url, "schema": schema}}})
         yield cortex, seed(cortex)
     finally:
         drop_schema(url, schema)
-
-
-def _reachable_postgres() -> str:
-    import sqlalchemy as sa
-
-    from conftest import POSTGRES_URL, need_service
-
-    engine = sa.create_engine(POSTGRES_URL)
-    try:
-        with engine.connect():
-            pass
-    except Exception as error:  # noqa: BLE001 - any failure means "not reachable"
-        need_service(f"PostgreSQL at {POSTGRES_URL} is not reachable: {error.__class__.__name__}")
-    finally:
-        engine.dispose()
-    return POSTGRES_URL
 
 
 def query(world, name, role="analyst", **params):
