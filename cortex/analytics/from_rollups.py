@@ -15,6 +15,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from cortex.analytics import bitmaps
 from cortex.analytics.scope import Scope
 from cortex.analytics.sqlfuncs import day_bucket, count_distinct
 
@@ -128,23 +129,47 @@ def _label(value) -> str:
 
 
 def event_summary(scope: Scope, filters: dict[str, Any]) -> dict[str, Any]:
-    """As :func:`cortex.analytics.counts.event_summary`, from the rollups."""
+    """As :func:`cortex.analytics.counts.event_summary`, from the rollups (distinct devices
+    from the day bitmaps)."""
     events = scope.table("rollup_events")
     where = _event_where(events, filters)
     period = day_bucket(scope.dialect, events.c.day, filters["bucket"]).label("period")
-    days, conditions = _device_days(scope, filters)
-    device_period = day_bucket(scope.dialect, days.c.day, filters["bucket"]).label("period")
     with scope.connect() as conn:
         counts = dict(conn.execute(sa.select(period, sa.func.sum(events.c.events)).where(*where).group_by(period)).all())
-        users = dict(conn.execute(
-            sa.select(device_period, count_distinct(scope.dialect, days.c.device)).where(*conditions).group_by(device_period)
-        ).all())
         total, revenue = conn.execute(sa.select(
             sa.func.coalesce(sa.func.sum(events.c.events), 0), sa.func.coalesce(sa.func.sum(events.c.revenue_usd), 0.0)
         ).where(*where)).one()
-        unique = conn.execute(sa.select(count_distinct(scope.dialect, days.c.device)).where(*conditions)).scalar_one()
-    series = [{"period": _label(p), "count": int(counts[p]), "users": users.get(p, 0)} for p in sorted(counts)]
+    active = _per_period(_active_by_day(scope, filters), filters["bucket"])
+    users = {period: len(devices) for period, devices in active.items()}
+    unique = len(bitmaps.union(active.values()))
+    series = [{"period": _label(p), "count": int(counts[p]), "users": users.get(_label(p), 0)} for p in sorted(counts)]
     return {"total": int(total), "unique_users": unique, "revenue_usd": round(float(revenue), 6), "series": series}
+
+
+def _load(scope: Scope, filters: dict[str, Any], slices) -> dict[date, bitmaps.DayBitmaps]:
+    """The day bitmaps of ``slices`` over the range of ``filters``."""
+    return bitmaps.load(scope, bitmaps.day_range(*_days(filters)), slices)
+
+
+def _active_by_day(scope: Scope, filters: dict[str, Any], extra: str | None = None) -> dict[date, tuple]:
+    """Per day, the devices passing ``filters`` (and, with ``extra``, those of them in that
+    slice too, e.g. paying): ``{day: (devices, extra devices)}``, days with none left out."""
+    slices = bitmaps.slices_for(filters) | ({extra} if extra else set())
+    result = {}
+    for day, day_bitmaps in _load(scope, filters, slices).items():
+        per_app = bitmaps.matching(day_bitmaps, filters)
+        if per_app:
+            result[day] = (bitmaps.union(per_app.values()),
+                           bitmaps.within(per_app, day_bitmaps, extra) if extra else None)
+    return result
+
+
+def _per_period(by_day: dict[date, tuple], bucket: str, part: int = 0) -> dict[str, Any]:
+    """The union of each bucket's days' device sets (``part`` of each day's tuple)."""
+    grouped: dict[str, list] = {}
+    for day, sets in by_day.items():
+        grouped.setdefault(bitmaps.period_of(day, bucket), []).append(sets[part])
+    return {period: bitmaps.union(parts) for period, parts in grouped.items()}
 
 
 def event_counts(scope: Scope, filters: dict[str, Any]) -> dict[str, Any]:
@@ -177,60 +202,71 @@ def _first_days(scope: Scope, filters: dict[str, Any], column: str):
 
 
 def active_users(scope: Scope, filters: dict[str, Any]) -> dict[str, Any]:
-    """As :func:`cortex.analytics.users.active_users` (by device), from the daily active sets."""
-    days, conditions = _device_days(scope, filters)
-    period = day_bucket(scope.dialect, days.c.day, filters["bucket"]).label("period")
-    new = sa.case((days.c.is_first == 1, days.c.device), else_=None)
-    query = (
-        sa.select(period, count_distinct(scope.dialect, days.c.device), count_distinct(scope.dialect, new))
-        .where(*conditions).group_by(period).order_by(period)
-    )
-    with scope.connect() as conn:
-        series = [{"period": _label(p), "active": a, "new": n, "returning": a - n} for p, a, n in conn.execute(query)]
+    """As :func:`cortex.analytics.users.active_users` (by device), from the day bitmaps."""
+    by_day = _active_by_day(scope, filters, bitmaps.NEW)
+    active, new = _per_period(by_day, filters["bucket"]), _per_period(by_day, filters["bucket"], 1)
+    series = []
+    for period in sorted(active):
+        a, n = len(active[period]), len(new[period])
+        series.append({"period": period, "active": a, "new": n, "returning": a - n})
     return {"bucket": filters["bucket"], "by": "device", "series": series}
 
 
-def revenue(scope: Scope, filters: dict[str, Any]) -> dict[str, Any]:
-    """As :func:`cortex.analytics.revenue.revenue`, from the daily active sets."""
-    filters = {k: v for k, v in filters.items() if k != "event_type"}
-    days, conditions = _device_days(scope, filters)
-    period = day_bucket(scope.dialect, days.c.day, filters["bucket"]).label("period")
-    paying = sa.case((days.c.revenue_usd > 0, days.c.device), else_=None)
-    series_query = (
-        sa.select(period, sa.func.coalesce(sa.func.sum(days.c.revenue_usd), 0.0), count_distinct(scope.dialect, paying),
-                  count_distinct(scope.dialect, days.c.device))
-        .where(*conditions).group_by(period).order_by(period)
-    )
-    totals_query = sa.select(sa.func.coalesce(sa.func.sum(days.c.revenue_usd), 0.0), count_distinct(scope.dialect, paying),
-                             count_distinct(scope.dialect, days.c.device)).where(*conditions)
-    daily = sa.select(days.c.day, count_distinct(scope.dialect, days.c.device).label("dau")).where(*conditions) \
-        .group_by(days.c.day).subquery("daily")
+def _revenue_by_period(scope: Scope, filters: dict[str, Any]) -> dict[str, float]:
+    """USD revenue per bucket: from ``rollup_events`` when it holds the filters (one sliced
+    dimension at most), else summed over the daily active sets."""
+    if len(_sliced(filters)) <= 1:
+        table = scope.table("rollup_events")
+        where = _event_where(table, filters)
+    else:
+        table, where = _device_days(scope, filters)
+    period = day_bucket(scope.dialect, table.c.day, filters["bucket"]).label("period")
     with scope.connect() as conn:
-        series = [
-            {"period": _label(p), "revenue_usd": round(float(r), 6), "paying_users": pu, "active_users": au,
-             "conversion_rate": round(pu / au, 6) if au else None}
-            for p, r, pu, au in conn.execute(series_query)
-        ]
-        total, paying_users, active = conn.execute(totals_query).one()
-        dau_sum = int(conn.execute(sa.select(sa.func.coalesce(sa.func.sum(daily.c.dau), 0))).scalar_one())
-    total = float(total)
-    return {"revenue_usd": round(total, 6), "paying_users": paying_users, "active_users": active,
+        return {_label(p): float(r) for p, r in conn.execute(
+            sa.select(period, sa.func.coalesce(sa.func.sum(table.c.revenue_usd), 0.0)).where(*where).group_by(period))}
+
+
+def revenue(scope: Scope, filters: dict[str, Any]) -> dict[str, Any]:
+    """As :func:`cortex.analytics.revenue.revenue`: revenue from the rollups, paying and
+    active devices from the day bitmaps."""
+    filters = {k: v for k, v in filters.items() if k != "event_type"}
+    by_day = _active_by_day(scope, filters, bitmaps.PAYING)
+    active, paying = _per_period(by_day, filters["bucket"]), _per_period(by_day, filters["bucket"], 1)
+    revenue_of = _revenue_by_period(scope, filters)
+    series = []
+    for period in sorted(active):
+        pu, au = len(paying[period]), len(active[period])
+        series.append({"period": period, "revenue_usd": round(revenue_of.get(period, 0.0), 6), "paying_users": pu,
+                       "active_users": au, "conversion_rate": round(pu / au, 6) if au else None})
+    total = float(sum(revenue_of.get(period, 0.0) for period in active))
+    active_users = len(bitmaps.union(active.values()))
+    paying_users = len(bitmaps.union(paying.values()))
+    dau_sum = sum(len(devices) for devices, _ in by_day.values())
+    return {"revenue_usd": round(total, 6), "paying_users": paying_users, "active_users": active_users,
             "arpdau": round(total / dau_sum, 6) if dau_sum else None,
-            "conversion_rate": round(paying_users / active, 6) if active else None, "series": series}
+            "conversion_rate": round(paying_users / active_users, 6) if active_users else None, "series": series}
 
 
 def breakdown(scope: Scope, filters: dict[str, Any]) -> dict[str, Any]:
-    """As :func:`cortex.analytics.counts.breakdown`, from the rollups."""
+    """As :func:`cortex.analytics.counts.breakdown`: events and revenue from the rollups,
+    distinct devices per value from the day bitmaps."""
     dimension = filters["dimension"]
     events = scope.table("rollup_events")
-    days, conditions = _device_days(scope, filters)
     with scope.connect() as conn:
         totals = {v: (int(e), float(r)) for v, e, r in conn.execute(
             sa.select(_event_column(events, dimension), sa.func.sum(events.c.events), sa.func.sum(events.c.revenue_usd))
             .where(*_event_where(events, filters, dimension)).group_by(_event_column(events, dimension)))}
-        users = dict(conn.execute(
-            sa.select(days.c[dimension], count_distinct(scope.dialect, days.c.device))
-            .where(*conditions).group_by(days.c[dimension])).all())
+    slices = bitmaps.slices_for(filters) | ({dimension} if dimension != "app" else set())
+    per_value: dict[str, list] = {}
+    for day_bitmaps in _load(scope, filters, slices).values():
+        per_app = bitmaps.matching(day_bitmaps, filters)
+        if dimension == "app":
+            for app, devices in per_app.items():
+                per_value.setdefault(app, []).append(devices)
+            continue
+        for value in {v for app, s, v in day_bitmaps if s == dimension and app in per_app}:
+            per_value.setdefault(value, []).append(bitmaps.within(per_app, day_bitmaps, dimension, value))
+    users = {value: len(bitmaps.union(parts)) for value, parts in per_value.items()}
     rows = [{"value": value or None, "events": e, "users": users.get(value, 0), "revenue_usd": round(r, 6)}
             for value, (e, r) in totals.items()]
     rows.sort(key=lambda row: (-row["events"], row["value"] is None, str(row["value"])))
@@ -238,8 +274,49 @@ def breakdown(scope: Scope, filters: dict[str, Any]) -> dict[str, Any]:
 
 
 def retention(scope: Scope, filters: dict[str, Any]) -> dict[str, Any]:
-    """As :func:`cortex.analytics.users.retention`, from the devices' install days and the
-    daily active sets (the other filters choose devices by their install day's dimensions)."""
+    """As :func:`cortex.analytics.users.retention`, from the day bitmaps: a cohort is the
+    devices whose first install (in the app asked for, or in any app) was that day, those
+    of them whose row on that day has the dimensions asked for; retained on day N, those
+    of them active on the N-th day after (in the app asked for)."""
+    apps = filters.get("app") or []
+    if len(set(apps)) > 1:
+        # the first install over some apps but not all: not kept in a bitmap
+        return _retention_from_rows(scope, filters)
+    days_wanted = sorted({int(d) for d in filters["days"]})
+    first, last = _days(filters)
+    today = bitmaps.today()
+    cohort_days = bitmaps.day_range(first, last)
+    later = {day + timedelta(days=n) for day in cohort_days for n in days_wanted if day + timedelta(days=n) < today}
+    dimensions = {k: v for k, v in filters.items() if k in bitmaps.DIMENSION_SLICES and v}
+    loaded = bitmaps.load(scope, [*cohort_days, *later],
+                          {bitmaps.ALL, bitmaps.INSTALL, bitmaps.COHORT, *dimensions})
+    answer = []
+    for cohort_day in cohort_days:
+        day_bitmaps = loaded[cohort_day]
+        if apps:
+            cohort = day_bitmaps.get((apps[0], bitmaps.INSTALL, ""), bitmaps.BitMap())
+        else:
+            cohort = day_bitmaps.get(("", bitmaps.COHORT, ""), bitmaps.BitMap())
+        if dimensions and cohort:
+            # by their rows on the install day, in any app
+            cohort = cohort & bitmaps.union(bitmaps.matching(day_bitmaps, dimensions, apps=()).values())
+        if not cohort:
+            continue
+        size = len(cohort)
+        row = {"cohort": cohort_day.isoformat(), "size": size, "retained": {}}
+        for n in days_wanted:
+            if cohort_day + timedelta(days=n) >= today:
+                row["retained"][str(n)] = {"users": None, "rate": None}
+                continue
+            active = bitmaps.matching(loaded[cohort_day + timedelta(days=n)], {"app": apps})
+            users = len(cohort & bitmaps.union(active.values()))
+            row["retained"][str(n)] = {"users": users, "rate": round(users / size, 4) if size else None}
+        answer.append(row)
+    return {"days": days_wanted, "cohorts": answer}
+
+
+def _retention_from_rows(scope: Scope, filters: dict[str, Any]) -> dict[str, Any]:
+    """Retention from the devices' install days and the daily active sets (rows, not bitmaps)."""
     days_wanted = sorted({int(d) for d in filters["days"]})
     first, last = _days(filters)
     installs = _first_days(scope, filters, "install_day").subquery("installs")

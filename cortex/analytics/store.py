@@ -60,6 +60,7 @@ class AnalyticsStore:
     def _open(self) -> None:
         from cortex_sql import migrate
         from cortex_sql.engine import create_engine as create_sink_engine
+        from cortex_sql.day_bitmaps import define_bitmap_tables
         from cortex_sql.rollups import define_rollup_tables
         from cortex_sql.tables import build_tables
 
@@ -80,6 +81,7 @@ class AnalyticsStore:
         metadata = sa.MetaData()
         self._tables = build_tables(metadata, self.prefix, self.schema)
         self._tables.update(define_rollup_tables(metadata, self.prefix, self.schema))
+        self._tables.update(define_bitmap_tables(metadata, self.prefix, self.schema))
 
     def _ready(self) -> None:
         if self._engine is None:

@@ -43,6 +43,8 @@ from typing import Any, Iterable
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from cortex_sql.day_bitmaps import forget_org, invalidate_days
+
 __all__ = ["DIMENSIONS", "ROLLUP_TABLES", "TYPE_BITS", "RollupWriter", "define_rollup_tables", "recompute"]
 
 #: the key columns of ``rollup_events`` besides org, day and app
@@ -313,6 +315,7 @@ class RollupWriter:
             {"org": k[0], "app": k[1], "device": k[2], "first_day": v[0], "install_day": v[1]}
             for k, v in devices.items()
         ])
+        invalidate_days(connection, self.device_days_table, {(org, app, day) for org, day, app, _ in device_days})
 
 
     def _first_days_stored(self, connection: sa.Connection, keys: list[tuple]) -> dict[tuple, date]:
@@ -456,3 +459,4 @@ def recompute(connection: sa.Connection, tables: dict[str, sa.Table], raw: dict[
     )
     connection.execute(device_days.update().where(device_days.c.org == org)
                        .values(is_first=sa.case((device_days.c.day == first_day, 1), else_=0)))
+    forget_org(connection, device_days, org)
