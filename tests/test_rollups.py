@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, datetime, timedelta, timezone
 
 import pytest
 import sqlalchemy as sa
 
-from analytics_data import get, seed
+from analytics_data import get, post_bundle, seed
+from cortex_sql.day_bitmaps import define_bitmap_tables
 from cortex_sql.rollups import ROLLUP_TABLES, define_rollup_tables
 from cortex_sql.tables import build_tables
 
@@ -97,6 +98,8 @@ def test_rebuild_command(world):
 
 def test_data_subject_deletion_recomputes_the_rollups(world):
     cortex, tokens, sink = world
+    assert get(cortex, "/api/v1/analytics/active-users", tokens["viewer"], **RANGE, use="rollups").status_code == 200
+    assert built_days(sink) and "d1" in device_numbers(sink)
     sink.close()  # the deletion is done by the dispatcher's own sink
     result = cortex.cli("privacy", "delete", "--org", "demo", "--device-tag", "d1", "--no-tombstone", "--wait", "30")
     assert result.exit_code == 0, result.output
@@ -105,6 +108,7 @@ def test_data_subject_deletion_recomputes_the_rollups(world):
     sink.open()
     assert all(row[3] != "d1" for row in snapshot(sink)["rollup_device_days"])
     assert all(row[2] != "d1" for row in snapshot(sink)["rollup_devices"])
+    assert "d1" not in device_numbers(sink) and "d2" in device_numbers(sink)
     for name in ("events", "active-users", "retention", "breakdown"):
         params = {"dimension": "os"} if name == "breakdown" else {}
         raw_answer = get(cortex, f"/api/v1/analytics/{name}", tokens["analyst"], **RANGE, **params, use="raw").json
@@ -120,3 +124,99 @@ def test_retention_takes_the_rollups_of_expired_days_along(make_cortex):
     assert result.exit_code == 0, result.output
     answer = get(cortex, "/api/v1/analytics/events", tokens["viewer"], **RANGE, use="rollups").json
     assert answer["total"] == 0 and answer["unique_users"] == 0
+
+
+# -- the day bitmaps of the daily active sets -------------------------------------------------------
+BITMAP_CASES = [
+    ("events", {}), ("events", {"event_type": "economy,install"}), ("active-users", {}),
+    ("active-users", {"bucket": "month"}), ("active-users", {"app": "second", "os": "ios"}),
+    ("revenue", {}), ("revenue", {"os": "ios", "country": "US"}), ("revenue", {"app": "second", "bucket": "week"}),
+    ("breakdown", {"dimension": "app"}), ("breakdown", {"dimension": "os", "event_type": "dau"}),
+    ("retention", {"days": "1,7"}), ("retention", {"days": "1,7", "app": "second"}),
+    ("retention", {"days": "1", "app": "default,second"}), ("retention", {"days": "1", "os": "android"}),
+]
+
+
+def assert_rollups_answer_as_raw(cortex, token, **dates):
+    for name, params in BITMAP_CASES:
+        arguments = {**RANGE, **dates, **params}
+        raw_answer = get(cortex, f"/api/v1/analytics/{name}", token, **arguments, use="raw").json
+        rolled = get(cortex, f"/api/v1/analytics/{name}", token, **arguments, use="rollups").json
+        assert raw_answer.pop("answered_from") == "raw" and rolled.pop("answered_from") == "rollups", (name, params)
+        assert rolled == raw_answer, (name, params)
+
+
+def built_days(sink) -> list[str]:
+    """The days whose bitmaps are stored (their mark row)."""
+    bitmaps = define_bitmap_tables(sa.MetaData(), sink.table_prefix, sink.schema)["rollup_bitmaps"]
+    with sink.engine.connect() as conn:
+        return sorted(str(d) for d in conn.scalars(sa.select(bitmaps.c.day).where(bitmaps.c.slice == "day")))
+
+
+def second_app_key(cortex) -> str:
+    cortex.state.control.create_app("demo", "second")
+    key, _ = cortex.state.control.create_key("demo", "second")
+    return key
+
+
+def test_day_bitmaps_are_stored_and_dropped_when_a_past_day_changes(world):
+    cortex, tokens, sink = world
+    assert_rollups_answer_as_raw(cortex, tokens["analyst"])
+    assert built_days(sink)[:30] == [f"2024-06-{d:02}" for d in range(1, 31)]  # and July's, for retention
+    key = second_app_key(cortex)
+    # late events of a past day: that day and the later ones are built again
+    post_bundle(cortex, key, "demo", "d4", {"os": "ios", "country": "FR"}, [
+        {"type": "install", "event_datetime": "2024-06-05T10:00:00Z"},
+        {"type": "economy", "event_datetime": "2024-06-06T10:00:00Z", "spend_amount": 2, "spend_currency": "USD"},
+    ])
+    post_bundle(cortex, key, "demo", "d1", {"os": "android", "country": "US"}, [
+        {"type": "dau", "event_datetime": "2024-06-09T10:00:00Z"}])
+    cortex.deliver()
+    assert built_days(sink) == [f"2024-06-{d:02}" for d in range(1, 5)]
+    assert_rollups_answer_as_raw(cortex, tokens["analyst"])
+    # an install in the second app before the first one: d2's cohort moves to May
+    post_bundle(cortex, key, "demo", "d2", {"os": "android", "country": "DE"}, [
+        {"type": "install", "event_datetime": "2024-05-31T10:00:00Z"},
+        {"type": "dau", "event_datetime": "2024-06-02T10:00:00Z"}])
+    post_bundle(cortex, key, "demo", "d3", {"os": "ios", "country": "US"}, [
+        {"type": "install", "event_datetime": "2024-06-01T10:00:00Z"}])
+    cortex.deliver()
+    assert built_days(sink) == []
+    assert_rollups_answer_as_raw(cortex, tokens["analyst"], start_date="2024-05-31")
+    # a batch the dispatcher sends again changes nothing, and drops nothing it need not
+    stored = built_days(sink)
+    sink.write([r for r in sink.read_records() if r["kind"] != "rejected"])
+    assert built_days(sink) == stored
+
+
+def test_todays_devices_are_counted_live_and_not_stored(world):
+    cortex, tokens, sink = world
+    today = datetime.now(timezone.utc).date()
+    moment = lambda day, hour: f"{day.isoformat()}T{hour:02}:00:00Z"  # noqa: E731
+    key = second_app_key(cortex)
+    yesterday = today - timedelta(days=1)
+    post_bundle(cortex, cortex.api_key, "demo", "t1", {"os": "ios", "country": "US"}, [
+        {"type": "install", "event_datetime": moment(yesterday, 1)},
+        {"type": "dau", "event_datetime": moment(today, 0)}])
+    post_bundle(cortex, key, "demo", "t2", {"os": "android", "country": "DE"}, [
+        {"type": "install", "event_datetime": moment(today, 0)},
+        {"type": "economy", "event_datetime": moment(today, 0), "spend_amount": 3, "spend_currency": "USD"}])
+    cortex.deliver()
+    dates = {"start_date": (today - timedelta(days=3)).isoformat(), "end_date": today.isoformat()}
+    assert_rollups_answer_as_raw(cortex, tokens["analyst"], **dates)
+    active = get(cortex, "/api/v1/analytics/active-users", tokens["analyst"], **{**RANGE, **dates}, use="rollups").json
+    assert [(p["period"], p["active"], p["new"]) for p in active["series"]] == [
+        (yesterday.isoformat(), 1, 1), (today.isoformat(), 2, 1)]
+    assert built_days(sink) == [(today - timedelta(days=n)).isoformat() for n in (3, 2, 1)]
+    # another device today: the next query counts it
+    post_bundle(cortex, cortex.api_key, "demo", "t3", {"os": "ios"}, [{"type": "dau", "event_datetime": moment(today, 0)}])
+    cortex.deliver()
+    active = get(cortex, "/api/v1/analytics/active-users", tokens["analyst"], **{**RANGE, **dates}, use="rollups").json
+    assert active["series"][-1]["active"] == 3
+
+
+def device_numbers(sink) -> set[str]:
+    """The devices that have a number in the bitmaps."""
+    ids = define_bitmap_tables(sa.MetaData(), sink.table_prefix, sink.schema)["rollup_device_ids"]
+    with sink.engine.connect() as conn:
+        return set(conn.scalars(sa.select(ids.c.device)))

@@ -83,6 +83,21 @@ def load(scope: Scope, days: Iterable[date], slices: Iterable[str]) -> dict[date
     return {day: found.get(day, {}) for day in wanted}
 
 
+def prepare(scope: Scope, first: date, last: date) -> int:
+    """Build and store the bitmaps of the days from ``first`` to ``last`` that are over and
+    not stored yet (so that no dashboard waits for them); returns how many were built."""
+    days = [d for d in day_range(first, last) if d < today()]
+    if not days:
+        return 0
+    bitmaps = scope.store.table("rollup_bitmaps")
+    with scope.connect() as conn:
+        built_days = {_as_date(d) for d in conn.scalars(sa.select(bitmaps.c.day).where(
+            bitmaps.c.org == scope.org, bitmaps.c.day >= days[0], bitmaps.c.day <= days[-1], bitmaps.c.slice == BUILT))}
+    missing = [d for d in days if d not in built_days]
+    load(scope, missing, ())
+    return len(missing)
+
+
 def _stored(conn: sa.Connection, bitmaps: sa.Table, org: str, days: list[date], slices: set[str]) -> dict[date, DayBitmaps]:
     if not days:
         return {}

@@ -173,6 +173,9 @@ def register(cli: click.Group) -> None:
     @with_appcontext
     def rollups_rebuild(orgs, first, last):
         """Recompute rollups from the raw events, e.g. after rows were deleted."""
+        from cortex.analytics import bitmaps
+        from cortex.analytics.scope import operator_scope
+        from cortex.analytics.setup import analytics_store_of
         from cortex.analytics.store import analytics_sink
 
         cortex_state = _state()
@@ -187,7 +190,9 @@ def register(cli: click.Group) -> None:
         try:
             for org in orgs or [o["slug"] for o in cortex_state.control.list_orgs()]:
                 sink.recompute_rollups(org, first.date(), last.date())
-                click.echo(f"rebuilt the rollups of {org} from {first:%Y-%m-%d} to {last:%Y-%m-%d}")
+                built = bitmaps.prepare(operator_scope(org, analytics_store_of(cortex_state)), first.date(), last.date())
+                click.echo(f"rebuilt the rollups of {org} from {first:%Y-%m-%d} to {last:%Y-%m-%d}"
+                           f" (and the device bitmaps of {built} days)")
         finally:
             sink.close()
 
