@@ -34,6 +34,8 @@ ALL, TYPE, PAYING, NEW, INSTALL = "", "type", "paying", "new", "install"
 COHORT, BUILT = "cohort", "day"
 
 _INSERTS = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
+#: how long after its end a day's bitmaps may be stored
+STORE_AFTER = timedelta(hours=1)
 #: days built per statement (bounds the rows held in memory at once)
 _DAYS_PER_BUILD = 16
 
@@ -41,8 +43,15 @@ DayBitmaps = dict[tuple[str, str, str], BitMap]  # (app, slice, value) -> device
 
 
 def today() -> date:
-    """The current UTC day: bitmaps of this day and later ones are never stored."""
+    """The current UTC day."""
     return datetime.now(timezone.utc).date()
+
+
+def first_live_day() -> date:
+    """The first day whose bitmaps are not stored but built for each query: today, and
+    yesterday in the first hour of today (a batch of yesterday may still be committing,
+    or come from a box whose clock is a little behind)."""
+    return (datetime.now(timezone.utc) - STORE_AFTER).date()
 
 
 def day_range(first: date, last: date) -> list[date]:
@@ -59,15 +68,19 @@ def load(scope: Scope, days: Iterable[date], slices: Iterable[str]) -> dict[date
     if not wanted:
         return {}
     slices = {*slices, BUILT}
-    now = today()
-    past = [d for d in wanted if d < now]
-    live = [d for d in wanted if d >= now]
+    live_from = first_live_day()
+    past = [d for d in wanted if d < live_from]
+    live = [d for d in wanted if d >= live_from]
     tables = {name: scope.store.table(name)
               for name in ("rollup_bitmaps", "rollup_device_ids", "rollup_device_days", "rollup_devices")}
     with scope.connect() as conn:
         found = _stored(conn, tables["rollup_bitmaps"], scope.org, past, slices)
         missing = [d for d in past if (("", BUILT, "") not in found.get(d, {}))]
         wrote = False
+        if missing:
+            from cortex_sql.day_bitmaps import lock_for_building
+
+            lock_for_building(conn, tables["rollup_device_days"], scope.org)
         for start in range(0, len(missing), _DAYS_PER_BUILD):
             built = _build(conn, tables, scope.org, missing[start:start + _DAYS_PER_BUILD])
             _store(conn, tables["rollup_bitmaps"], scope.org, built)
@@ -86,7 +99,7 @@ def load(scope: Scope, days: Iterable[date], slices: Iterable[str]) -> dict[date
 def prepare(scope: Scope, first: date, last: date) -> int:
     """Build and store the bitmaps of the days from ``first`` to ``last`` that are over and
     not stored yet (so that no dashboard waits for them); returns how many were built."""
-    days = [d for d in day_range(first, last) if d < today()]
+    days = [d for d in day_range(first, last) if d < first_live_day()]
     if not days:
         return 0
     bitmaps = scope.store.table("rollup_bitmaps")

@@ -30,7 +30,7 @@ from typing import Iterable
 
 import sqlalchemy as sa
 
-__all__ = ["BITMAP_TABLES", "define_bitmap_tables", "forget_org", "invalidate_days"]
+__all__ = ["BITMAP_TABLES", "define_bitmap_tables", "forget_org", "invalidate_days", "lock_for_building"]
 
 BITMAP_TABLES = ("rollup_device_ids", "rollup_bitmaps")
 _DEVICE_DAYS = "rollup_device_days"
@@ -88,6 +88,7 @@ def invalidate_days(connection: sa.Connection, device_days: sa.Table, touched: I
             earliest[(org, app)] = day
     if not earliest:
         return
+    _lock(connection, device_days, {org for org, _ in earliest}, shared=True)
     bitmaps = tables_beside(device_days)["rollup_bitmaps"]
     connection.execute(
         bitmaps.delete().where(bitmaps.c.org == sa.bindparam("b_org"), bitmaps.c.day >= sa.bindparam("b_day"),
@@ -99,8 +100,32 @@ def invalidate_days(connection: sa.Connection, device_days: sa.Table, touched: I
 def forget_org(connection: sa.Connection, device_days: sa.Table, org: str) -> None:
     """After ``org``'s rollups were recomputed: drop its stored bitmaps, and the numbers of
     devices no longer in its daily active sets (a deleted data subject's device)."""
+    _lock(connection, device_days, {org}, shared=True)
     tables = tables_beside(device_days)
     bitmaps, device_ids = tables["rollup_bitmaps"], tables["rollup_device_ids"]
     connection.execute(bitmaps.delete().where(bitmaps.c.org == org))
     still_active = sa.exists().where(device_days.c.org == device_ids.c.org, device_days.c.device == device_ids.c.device)
     connection.execute(device_ids.delete().where(device_ids.c.org == org, ~still_active))
+
+
+def lock_for_building(connection: sa.Connection, device_days: sa.Table, org: str) -> None:
+    """Hold off, until the end of the transaction, the sink's writes that would drop ``org``'s
+    bitmaps (on PostgreSQL; SQLite has one writer at a time already).
+
+    A query builds a day's bitmaps from rows it read and then stores them.  Without the
+    lock a batch of that day could commit in between, its delete finding nothing to drop
+    yet, and the bitmaps stored would miss its devices.  With it, the batch either
+    commits first (and the rows read hold its devices) or deletes the bitmaps after they
+    are stored.
+    """
+    _lock(connection, device_days, {org}, shared=False)
+
+
+def _lock(connection: sa.Connection, device_days: sa.Table, orgs: set[str], shared: bool) -> None:
+    """Transaction-level advisory locks, one per org: shared for writers, exclusive for builders."""
+    if connection.dialect.name != "postgresql":
+        return
+    function = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
+    names = [f"cortex rollup bitmaps {device_days.schema or ''}.{device_days.name} {org}" for org in sorted(orgs)]
+    connection.execute(sa.text(f"SELECT {function}(hashtext(name)) FROM unnest(CAST(:names AS text[])) AS name"),
+                       {"names": names})
