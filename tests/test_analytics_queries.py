@@ -207,6 +207,11 @@ ROLLUP_CASES = [
     ("breakdown", {"dimension": "app", "os": "ios"}), ("counts", {"by": "os", "os": "ios,android"}),
     ("retention", {"days": "1,7"}), ("retention", {"days": "1", "os": "ios"}),
     ("retention", {"days": "1,7,30", "start_date": "2024-06-02"}),
+    # distinct devices from the day bitmaps: intersections of slices, unions over days and apps
+    ("active-users", {"os": "ios", "country": "US", "bucket": "month"}), ("active-users", {"app": "default"}),
+    ("events", {"event_type": "economy", "os": "ios"}), ("revenue", {"os": "ios", "device_type": "ipad"}),
+    ("breakdown", {"dimension": "device_type", "event_type": "install,economy"}),
+    ("retention", {"days": "1", "app": "default"}), ("retention", {"days": "1,7", "country": "DE"}),
 ]
 
 
