@@ -223,3 +223,38 @@ def device_numbers(sink) -> set[str]:
     ids = define_bitmap_tables(sa.MetaData(), sink.table_prefix, sink.schema)["rollup_device_ids"]
     with sink.engine.connect() as conn:
         return set(conn.scalars(sa.select(ids.c.device)))
+
+
+def test_a_batch_of_a_day_being_built_waits_for_it_on_postgresql(make_cortex, postgres_url, pg_schema):
+    import threading
+    import time
+
+    cortex = make_cortex(sinks={"sql": {"type": "sql", "url": postgres_url, "schema": pg_schema}})
+    tokens = seed(cortex)
+    assert get(cortex, "/api/v1/analytics/active-users", tokens["viewer"], **RANGE, use="rollups").status_code == 200
+    sink = cortex.state.make_sinks()[0]
+    sink.open()
+    late = next(dict(r) for r in sink.read_records("track") if r["device_tag"] == "d2")
+    late.update(id="late-event", device_tag="late", event_time=datetime(2024, 6, 5, 12, tzinfo=timezone.utc))
+    device_days = define_rollup_tables(sa.MetaData(), sink.table_prefix, sink.schema)["rollup_device_days"]
+    from cortex_sql.day_bitmaps import lock_for_building
+
+    writer = threading.Thread(target=sink.write, args=([late],))
+    with sink.engine.connect() as builder:
+        lock_for_building(builder, device_days, "demo")  # as a query building days does
+        writer.start()
+        with sink.engine.connect() as watcher:
+            waiting = 0
+            for _ in range(200):
+                waiting = watcher.scalar(sa.text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"))
+                if waiting:
+                    break
+                time.sleep(0.05)
+        assert waiting == 1 and writer.is_alive()
+        builder.commit()
+    writer.join(30)
+    assert not writer.is_alive()
+    assert "2024-06-05" not in built_days(sink) and "2024-06-04" in built_days(sink)
+    answer = get(cortex, "/api/v1/analytics/active-users", tokens["viewer"], **RANGE, use="rollups").json
+    assert {p["period"]: p["active"] for p in answer["series"]}["2024-06-05"] == 1
+    sink.close()

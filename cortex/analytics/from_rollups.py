@@ -6,6 +6,9 @@ devices active each day with their dimensions; and each device's first and insta
 A query can be answered from them when its filters and grouping are among those
 dimensions and its range is whole days; :func:`usable` says so, or why not.  The answers
 are the same as from the raw events (the test suite compares both).
+
+Event counts and revenue are sums over ``rollup_events``; distinct devices are unions
+and intersections of the day bitmaps of the daily active sets (:mod:`cortex.analytics.bitmaps`).
 """
 
 from __future__ import annotations
