@@ -88,7 +88,7 @@ def load(scope: Scope, days: Iterable[date], slices: Iterable[str]) -> dict[date
                 found[day] = {k: v for k, v in bitmaps.items() if k[1] in slices}
             wrote = True
         if live:
-            for day, bitmaps in _build(conn, tables, scope.org, live).items():
+            for day, bitmaps in _build(conn, tables, scope.org, live, slices).items():
                 found[day] = bitmaps
             wrote = True
         if wrote:
@@ -125,9 +125,11 @@ def _stored(conn: sa.Connection, bitmaps: sa.Table, org: str, days: list[date], 
     return found
 
 
-def _build(conn: sa.Connection, tables: dict[str, sa.Table], org: str, days: list[date]) -> dict[date, DayBitmaps]:
-    """Number the devices of ``days`` and make every bitmap of those days from the rollups."""
-    device_days, device_ids, devices = tables["rollup_device_days"], tables["rollup_device_ids"], tables["rollup_devices"]
+def _build(conn: sa.Connection, tables: dict[str, sa.Table], org: str, days: list[date],
+           slices: set[str] | None = None) -> dict[date, DayBitmaps]:
+    """Number the devices of ``days`` and make the bitmaps of ``slices`` (default: every
+    slice, to be stored) of those days from the rollups."""
+    device_days, device_ids = tables["rollup_device_days"], tables["rollup_device_ids"]
     insert = _INSERTS[conn.dialect.name]
     unnumbered = (
         sa.select(device_days.c.org, device_days.c.device).distinct()
@@ -144,19 +146,39 @@ def _build(conn: sa.Connection, tables: dict[str, sa.Table], org: str, days: lis
         .select_from(device_days.join(device_ids, numbered & (device_ids.c.device == device_days.c.device)))
         .where(device_days.c.org == org, device_days.c.day.in_(days))
     )
-    type_bits = tuple(TYPE_BITS.items())
+    def wanted(name: str) -> bool:
+        return slices is None or name in slices
+
+    dimensions = [(i, name) for i, name in enumerate(DIMENSION_SLICES) if wanted(name)]
+    type_bits = tuple(TYPE_BITS.items()) if wanted(TYPE) else ()
+    new, paying = wanted(NEW), wanted(PAYING)
     for day, app, number, *values, types, is_first, revenue in conn.execute(rows):
         day_members = members[_as_date(day)]
         day_members[(app, ALL, "")].append(number)
-        for name, value in zip(DIMENSION_SLICES, values):
-            day_members[(app, name, value)].append(number)
+        for i, name in dimensions:
+            day_members[(app, name, values[i])].append(number)
         for name, bit in type_bits:
             if types & bit:
                 day_members[(app, TYPE, name)].append(number)
-        if is_first:
+        if new and is_first:
             day_members[(app, NEW, "")].append(number)
-        if revenue > 0:
+        if paying and revenue > 0:
             day_members[(app, PAYING, "")].append(number)
+    if wanted(INSTALL) or wanted(COHORT):
+        _add_installs(conn, tables, org, days, members)
+    built = {}
+    for day, day_members in members.items():
+        bitmaps = {key: BitMap(numbers) for key, numbers in day_members.items()}
+        bitmaps[("", BUILT, "")] = BitMap()
+        built[day] = bitmaps
+    return built
+
+
+def _add_installs(conn: sa.Connection, tables: dict[str, sa.Table], org: str, days: list[date],
+                  members: dict[date, dict[tuple[str, str, str], list[int]]]) -> None:
+    """Add each day's first installs, per app and in any app, to ``members``."""
+    device_days, device_ids, devices = tables["rollup_device_days"], tables["rollup_device_ids"], tables["rollup_devices"]
+    numbered = device_ids.c.org == org
     earlier = device_days.alias("earlier")
     installed_before = sa.exists().where(
         earlier.c.org == devices.c.org, earlier.c.device == devices.c.device, earlier.c.day < devices.c.install_day,
@@ -171,12 +193,6 @@ def _build(conn: sa.Connection, tables: dict[str, sa.Table], org: str, days: lis
         day_members[(app, INSTALL, "")].append(number)
         if first_anywhere:
             day_members[("", COHORT, "")].append(number)
-    built = {}
-    for day, day_members in members.items():
-        bitmaps = {key: BitMap(numbers) for key, numbers in day_members.items()}
-        bitmaps[("", BUILT, "")] = BitMap()
-        built[day] = bitmaps
-    return built
 
 
 def _store(conn: sa.Connection, bitmaps: sa.Table, org: str, built: dict[date, DayBitmaps]) -> None:
