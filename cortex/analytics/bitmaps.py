@@ -130,29 +130,26 @@ def _build(conn: sa.Connection, tables: dict[str, sa.Table], org: str, days: lis
     """Number the devices of ``days`` and make the bitmaps of ``slices`` (default: every
     slice, to be stored) of those days from the rollups."""
     device_days, device_ids = tables["rollup_device_days"], tables["rollup_device_ids"]
-    insert = _INSERTS[conn.dialect.name]
-    unnumbered = (
-        sa.select(device_days.c.org, device_days.c.device).distinct()
-        .where(device_days.c.org == org, device_days.c.day.in_(days),
-               ~sa.exists().where(device_ids.c.org == device_days.c.org, device_ids.c.device == device_days.c.device))
-    )
-    conn.execute(insert(device_ids).from_select(["org", "device"], unnumbered).on_conflict_do_nothing())
-    numbered = device_ids.c.org == org
     members: dict[date, dict[tuple[str, str, str], list[int]]] = {day: defaultdict(list) for day in days}
-    rows = (
-        sa.select(device_days.c.day, device_days.c.app, device_ids.c.id,
+    query = (
+        sa.select(device_days.c.day, device_days.c.app, device_days.c.device, device_ids.c.id,
                   *(device_days.c[d] for d in DIMENSION_SLICES), device_days.c.types, device_days.c.is_first,
                   device_days.c.revenue_usd)
-        .select_from(device_days.join(device_ids, numbered & (device_ids.c.device == device_days.c.device)))
+        .select_from(device_days.outerjoin(
+            device_ids, (device_ids.c.org == org) & (device_ids.c.device == device_days.c.device)))
         .where(device_days.c.org == org, device_days.c.day.in_(days))
     )
+    rows = conn.execute(query).all()
+    numbers = _number(conn, device_ids, org, {row[2] for row in rows if row[3] is None})
+    rows = ((day, app, numbers[device] if number is None else number, *rest)
+            for day, app, device, number, *rest in rows)
     def wanted(name: str) -> bool:
         return slices is None or name in slices
 
     dimensions = [(i, name) for i, name in enumerate(DIMENSION_SLICES) if wanted(name)]
     type_bits = tuple(TYPE_BITS.items()) if wanted(TYPE) else ()
     new, paying = wanted(NEW), wanted(PAYING)
-    for day, app, number, *values, types, is_first, revenue in conn.execute(rows):
+    for day, app, number, *values, types, is_first, revenue in rows:
         day_members = members[_as_date(day)]
         day_members[(app, ALL, "")].append(number)
         for i, name in dimensions:
@@ -172,6 +169,20 @@ def _build(conn: sa.Connection, tables: dict[str, sa.Table], org: str, days: lis
         bitmaps[("", BUILT, "")] = BitMap()
         built[day] = bitmaps
     return built
+
+
+def _number(conn: sa.Connection, device_ids: sa.Table, org: str, devices: set[str]) -> dict[str, int]:
+    """Give ``devices`` (of ``org``, not numbered yet) their numbers; returns them."""
+    if not devices:
+        return {}
+    ordered = sorted(devices)
+    conn.execute(_INSERTS[conn.dialect.name](device_ids).on_conflict_do_nothing(),
+                 [{"org": org, "device": device} for device in ordered])
+    numbers = {}
+    for start in range(0, len(ordered), 500):
+        numbers.update(conn.execute(sa.select(device_ids.c.device, device_ids.c.id).where(
+            device_ids.c.org == org, device_ids.c.device.in_(ordered[start:start + 500]))).all())
+    return numbers
 
 
 def _add_installs(conn: sa.Connection, tables: dict[str, sa.Table], org: str, days: list[date],

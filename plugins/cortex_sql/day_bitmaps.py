@@ -110,7 +110,8 @@ def forget_org(connection: sa.Connection, device_days: sa.Table, org: str) -> No
 
 def lock_for_building(connection: sa.Connection, device_days: sa.Table, org: str) -> None:
     """Hold off, until the end of the transaction, the sink's writes that would drop ``org``'s
-    bitmaps (on PostgreSQL; SQLite has one writer at a time already).
+    bitmaps: on PostgreSQL an advisory lock, on SQLite the database's write lock (``BEGIN
+    IMMEDIATE``: the rows read are then the newest, and no batch commits until the end).
 
     A query builds a day's bitmaps from rows it read and then stores them.  Without the
     lock a batch of that day could commit in between, its delete finding nothing to drop
@@ -118,6 +119,10 @@ def lock_for_building(connection: sa.Connection, device_days: sa.Table, org: str
     commits first (and the rows read hold its devices) or deletes the bitmaps after they
     are stored.
     """
+    if connection.dialect.name == "sqlite":
+        if not connection.connection.dbapi_connection.in_transaction:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        return
     _lock(connection, device_days, {org}, shared=False)
 
 
