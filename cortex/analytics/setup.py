@@ -77,7 +77,9 @@ class CookieSessions(SecureCookieSessionInterface):
 
     def open_session(self, app: Flask, request):
         """An empty session at once when the request has no session cookie."""
-        if app.secret_key and self.get_cookie_name(app) not in request.cookies:
+        if app.secret_key and (
+            "HTTP_COOKIE" not in request.environ or self.get_cookie_name(app) not in request.cookies
+        ):
             return self.session_class()
         return super().open_session(app, request)
 
