@@ -29,6 +29,7 @@ from cortex.testing import SinkConformance, make_record, sample_records
 from cortex_sql import SqlSink
 from cortex_sql import migrate
 from cortex_sql.bulk import pg_datetime, sqlite_datetime
+from cortex_sql.day_bitmaps import define_bitmap_tables
 from cortex_sql.rollups import define_rollup_tables
 from cortex_sql.tables import build_tables
 
@@ -308,6 +309,7 @@ def test_migrated_schema_matches_table_definitions(sink):
     metadata = sa.MetaData()
     build_tables(metadata, sink.table_prefix, sink.schema)
     define_rollup_tables(metadata, sink.table_prefix, sink.schema)
+    define_bitmap_tables(metadata, sink.table_prefix, sink.schema)
     with sink.engine.connect() as connection:
         context = MigrationContext.configure(
             connection,

@@ -84,6 +84,8 @@ def invalidate_days(connection: sa.Connection, device_days: sa.Table, touched: I
     today = datetime.now(timezone.utc).date()
     earliest: dict[tuple[str, str], date] = {}
     for org, app, day in touched:
+        if day.__class__ is not date:  # SQLite's rollups may hand the day over as ISO text
+            day = date.fromisoformat(str(day)[:10])
         if day < today and earliest.get((org, app), day) >= day:
             earliest[(org, app)] = day
     if not earliest:
