@@ -253,12 +253,12 @@ def test_a_batch_of_a_day_being_built_waits_for_it_on_postgresql(make_cortex, po
     sink.open()
     late = next(dict(r) for r in sink.read_records("track") if r["device_tag"] == "d2")
     late.update(id="late-event", device_tag="late", event_time=datetime(2024, 6, 5, 12, tzinfo=timezone.utc))
-    device_days = define_rollup_tables(sa.MetaData(), sink.table_prefix, sink.schema)["rollup_device_days"]
+    bitmaps_table = define_bitmap_tables(sa.MetaData(), sink.table_prefix, sink.schema)["rollup_bitmaps"]
     from cortex_sql.day_bitmaps import lock_for_building
 
     writer = threading.Thread(target=sink.write, args=([late],))
     with sink.engine.connect() as builder:
-        lock_for_building(builder, device_days, "demo")  # as a query building days does
+        lock_for_building(builder, bitmaps_table, "demo")  # as a query building days does
         writer.start()
         with sink.engine.connect() as watcher:
             waiting = 0

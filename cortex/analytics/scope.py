@@ -20,6 +20,10 @@ from cortex.accounts import ROLE_RANK, Caller
 from cortex.analytics.store import AnalyticsStore
 
 
+#: the tables queries fill as they go: device numbers and day bitmaps (:mod:`cortex.analytics.bitmaps`)
+FILLED_BY_QUERIES = ("rollup_device_ids", "rollup_bitmaps")
+
+
 class AccessDenied(Exception):
     """The caller may not do this; ``status`` is 403 or 404, ``message`` is safe to show."""
 
@@ -42,10 +46,18 @@ class Scope:
     org: str
     role: str
 
-    def table(self, name: str) -> sa.Subquery:
-        """The sink table ``name`` (unprefixed) holding only this org's rows."""
+    def table(self, name: str, alias: str | None = None) -> sa.Subquery:
+        """The sink table ``name`` (unprefixed) holding only this org's rows (named ``alias``
+        in the statement, when one table is read twice)."""
         table = self.store.table(name)
-        return sa.select(table).where(table.c.org == self.org).subquery(name)
+        return sa.select(table).where(table.c.org == self.org).subquery(alias or name)
+
+    def filled_table(self, name: str) -> sa.Table:
+        """A table the queries themselves fill (:data:`FILLED_BY_QUERIES`: the day bitmaps),
+        to write to; every statement on it must name :attr:`org` (:mod:`cortex.analytics.bitmaps` does)."""
+        if name not in FILLED_BY_QUERIES:
+            raise ValueError(f"{name} is not filled by queries")
+        return self.store.table(name)
 
     @property
     def dialect(self) -> str:

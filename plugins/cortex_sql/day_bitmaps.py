@@ -90,8 +90,8 @@ def invalidate_days(connection: sa.Connection, device_days: sa.Table, touched: I
             earliest[(org, app)] = day
     if not earliest:
         return
-    _lock(connection, device_days, {org for org, _ in earliest}, shared=True)
     bitmaps = tables_beside(device_days)["rollup_bitmaps"]
+    _lock(connection, bitmaps, {org for org, _ in earliest}, shared=True)
     connection.execute(
         bitmaps.delete().where(bitmaps.c.org == sa.bindparam("b_org"), bitmaps.c.day >= sa.bindparam("b_day"),
                                bitmaps.c.app.in_([sa.bindparam("b_app"), ""])),
@@ -102,15 +102,15 @@ def invalidate_days(connection: sa.Connection, device_days: sa.Table, touched: I
 def forget_org(connection: sa.Connection, device_days: sa.Table, org: str) -> None:
     """After ``org``'s rollups were recomputed: drop its stored bitmaps, and the numbers of
     devices no longer in its daily active sets (a deleted data subject's device)."""
-    _lock(connection, device_days, {org}, shared=True)
     tables = tables_beside(device_days)
     bitmaps, device_ids = tables["rollup_bitmaps"], tables["rollup_device_ids"]
+    _lock(connection, bitmaps, {org}, shared=True)
     connection.execute(bitmaps.delete().where(bitmaps.c.org == org))
     still_active = sa.exists().where(device_days.c.org == device_ids.c.org, device_days.c.device == device_ids.c.device)
     connection.execute(device_ids.delete().where(device_ids.c.org == org, ~still_active))
 
 
-def lock_for_building(connection: sa.Connection, device_days: sa.Table, org: str) -> None:
+def lock_for_building(connection: sa.Connection, bitmaps: sa.Table, org: str) -> None:
     """Hold off, until the end of the transaction, the sink's writes that would drop ``org``'s
     bitmaps: on PostgreSQL an advisory lock, on SQLite the database's write lock (``BEGIN
     IMMEDIATE``: the rows read are then the newest, and no batch commits until the end).
@@ -125,14 +125,14 @@ def lock_for_building(connection: sa.Connection, device_days: sa.Table, org: str
         if not connection.connection.dbapi_connection.in_transaction:
             connection.exec_driver_sql("BEGIN IMMEDIATE")
         return
-    _lock(connection, device_days, {org}, shared=False)
+    _lock(connection, bitmaps, {org}, shared=False)
 
 
-def _lock(connection: sa.Connection, device_days: sa.Table, orgs: set[str], shared: bool) -> None:
+def _lock(connection: sa.Connection, bitmaps: sa.Table, orgs: set[str], shared: bool) -> None:
     """Transaction-level advisory locks, one per org: shared for writers, exclusive for builders."""
     if connection.dialect.name != "postgresql":
         return
     function = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
-    names = [f"cortex rollup bitmaps {device_days.schema or ''}.{device_days.name} {org}" for org in sorted(orgs)]
+    names = [f"cortex {bitmaps.schema or ''}.{bitmaps.name} {org}" for org in sorted(orgs)]
     connection.execute(sa.text(f"SELECT {function}(hashtext(name)) FROM unnest(CAST(:names AS text[])) AS name"),
                        {"names": names})
