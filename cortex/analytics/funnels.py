@@ -25,38 +25,8 @@ def funnel(scope: Scope, filters: dict[str, Any]) -> dict[str, Any]:
     A device enters at its first first-step event in the range; each later step is its
     earliest matching event after the step before.
     """
-    who = filters["by"]
-    window = filters["window"]
-    dialect = scope.dialect
-    base = {k: v for k, v in filters.items() if k != "event_type"}
-    reached = None
-    counts_queries = []
-    for index, step in enumerate(filters["steps"]):
-        event_type, kingdom = parse_step(step)
-        step_filters = dict(base)
-        if kingdom:
-            step_filters["kingdom"] = [kingdom]
-        if index > 0:
-            # later steps may happen after the range ends, within the window
-            step_filters["end"] = base["end"] + timedelta(seconds=window)
-        stream = event_stream(scope, step_filters, types=[event_type])
-        at = epoch(dialect, stream.c.time)
-        if reached is None:
-            reached = (
-                sa.select(stream.c[who].label("who"), sa.func.min(at).label("start"), sa.func.min(at).label("at"))
-                .group_by(stream.c[who]).subquery(f"step{index}")
-            )
-        else:
-            previous = reached
-            reached = (
-                sa.select(previous.c.who, sa.func.min(previous.c.start).label("start"), sa.func.min(at).label("at"))
-                .select_from(previous.join(stream, stream.c[who] == previous.c.who))
-                .where(at >= previous.c.at, at <= previous.c.start + window)
-                .group_by(previous.c.who).subquery(f"step{index}")
-            )
-        counts_queries.append(sa.select(sa.func.count()).select_from(reached))
     with scope.connect() as conn:
-        counts = [conn.execute(query).scalar_one() for query in counts_queries]
+        counts = list(conn.execute(_counts_query(scope, filters)).one())
     steps = []
     for index, (step, users) in enumerate(zip(filters["steps"], counts)):
         steps.append({
@@ -66,4 +36,51 @@ def funnel(scope: Scope, filters: dict[str, Any]) -> dict[str, Any]:
             "conversion_from_previous": (round(users / counts[index - 1], 6) if counts[index - 1] else None)
             if index else 1.0 if users else None,
         })
-    return {"window": window, "by": who, "steps": steps}
+    return {"window": filters["window"], "by": filters["by"], "steps": steps}
+
+
+def _counts_query(scope: Scope, filters: dict[str, Any]) -> sa.Select:
+    """One select of the number reaching each step.
+
+    Each step is a materialised CTE: its matching events (only the two columns needed, read
+    through the ``(org, type, time)`` / ``(org, kingdom, time)`` indexes), then the devices
+    of the step before joined to them.  Every step is computed once, and a step's events
+    are only looked at for the devices still in the funnel.
+    """
+    who = filters["by"]
+    window = filters["window"]
+    base = {k: v for k, v in filters.items() if k != "event_type"}
+    reached = None
+    counts = []
+    for index, step in enumerate(filters["steps"]):
+        event_type, kingdom = parse_step(step)
+        step_filters = dict(base)
+        if kingdom:
+            step_filters["kingdom"] = [kingdom]
+        if index > 0:
+            # later steps may happen after the range ends, within the window
+            step_filters["end"] = base["end"] + timedelta(seconds=window)
+        stream = event_stream(scope, step_filters, types=[event_type], columns=(who, "time"))
+        at = epoch(scope.dialect, stream.c.time)
+        if reached is None:
+            reached = _materialised(
+                sa.select(stream.c[who].label("who"), sa.func.min(at).label("start"), sa.func.min(at).label("at"))
+                .group_by(stream.c[who]), f"step{index}")
+        else:
+            previous = reached
+            events = _materialised(
+                sa.select(stream.c[who].label("who"), at.label("at"))
+                .where(stream.c[who].in_(sa.select(previous.c.who))), f"events{index}")
+            reached = _materialised(
+                sa.select(previous.c.who, sa.func.min(previous.c.start).label("start"), sa.func.min(events.c.at).label("at"))
+                .select_from(previous.join(events, events.c.who == previous.c.who))
+                .where(events.c.at >= previous.c.at, events.c.at <= previous.c.start + window)
+                .group_by(previous.c.who), f"step{index}")
+        counts.append(sa.select(sa.func.count()).select_from(reached).scalar_subquery())
+    return sa.select(*counts)
+
+
+def _materialised(select: sa.Select, name: str) -> sa.CTE:
+    """``select`` as a CTE that the database computes once (both SQLite and PostgreSQL
+    would otherwise inline one that is used once, and re-run it per outer row)."""
+    return select.cte(name).prefix_with("MATERIALIZED")
