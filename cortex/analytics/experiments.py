@@ -7,7 +7,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from cortex.analytics.scope import Scope
-from cortex.analytics.sqlfuncs import count_distinct
+from cortex.analytics.sqlfuncs import bytewise, count_distinct
 from cortex.analytics.stream import event_stream
 
 
@@ -67,10 +67,11 @@ def _assignments(scope: Scope, filters: dict[str, Any]) -> sa.CTE:
             conditions.append(table.c[argument].in_(filters[argument]))
     if filters.get("experiment"):
         conditions.append(table.c.experiment_name == filters["experiment"])
-    order = sa.func.row_number().over(partition_by=(table.c.experiment_name, table.c.device_tag),
+    experiment, device = bytewise(scope.dialect, table.c.experiment_name), bytewise(scope.dialect, table.c.device_tag)
+    order = sa.func.row_number().over(partition_by=(experiment, device),
                                       order_by=(table.c.event_time, table.c.variant_name))
     ranked = (
-        sa.select(table.c.experiment_name.label("experiment"), table.c.device_tag.label("device"),
+        sa.select(experiment.label("experiment"), device.label("device"),
                   table.c.event_time.label("assigned"), table.c.variant_name.label("variant"), order.label("rank"))
         .where(*conditions).subquery("ranked")
     )

@@ -8,7 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from cortex.analytics.scope import Scope
-from cortex.analytics.sqlfuncs import epoch
+from cortex.analytics.sqlfuncs import bytewise, plus_seconds
 from cortex.analytics.stream import event_stream
 
 
@@ -42,10 +42,11 @@ def funnel(scope: Scope, filters: dict[str, Any]) -> dict[str, Any]:
 def _counts_query(scope: Scope, filters: dict[str, Any]) -> sa.Select:
     """One select of the number reaching each step.
 
-    Each step is a materialised CTE: its matching events (only the two columns needed, read
-    through the ``(org, type, time)`` / ``(org, kingdom, time)`` indexes), then the devices
-    of the step before joined to them.  Every step is computed once, and a step's events
-    are only looked at for the devices still in the funnel.
+    Each step is a materialised CTE of ``(who, at, deadline)``: when the device reached it,
+    and until when the window lets it go on.  A later step's events are read through the
+    ``(org, type, time)`` / ``(org, kingdom, time)`` indexes, only for the devices still in
+    the funnel, and only their device and time; times are compared as stored (exact, and
+    nothing is converted per event).  Every step is computed once.
     """
     who = filters["by"]
     window = filters["window"]
@@ -61,21 +62,23 @@ def _counts_query(scope: Scope, filters: dict[str, Any]) -> sa.Select:
             # later steps may happen after the range ends, within the window
             step_filters["end"] = base["end"] + timedelta(seconds=window)
         stream = event_stream(scope, step_filters, types=[event_type], columns=(who, "time"))
-        at = epoch(scope.dialect, stream.c.time)
+        device = bytewise(scope.dialect, stream.c[who])
         if reached is None:
+            first = (sa.select(device.label("who"), sa.func.min(stream.c.time).label("at"))
+                     .group_by(device).subquery("first"))
             reached = _materialised(
-                sa.select(stream.c[who].label("who"), sa.func.min(at).label("start"), sa.func.min(at).label("at"))
-                .group_by(stream.c[who]), f"step{index}")
+                sa.select(first.c.who, first.c.at, plus_seconds(scope.dialect, first.c.at, window).label("deadline")),
+                f"step{index}")
         else:
             previous = reached
             events = _materialised(
-                sa.select(stream.c[who].label("who"), at.label("at"))
-                .where(stream.c[who].in_(sa.select(previous.c.who))), f"events{index}")
+                sa.select(device.label("who"), stream.c.time.label("at"))
+                .where(device.in_(sa.select(previous.c.who))), f"events{index}")
             reached = _materialised(
-                sa.select(previous.c.who, sa.func.min(previous.c.start).label("start"), sa.func.min(events.c.at).label("at"))
+                sa.select(previous.c.who, sa.func.min(events.c.at).label("at"), previous.c.deadline)
                 .select_from(previous.join(events, events.c.who == previous.c.who))
-                .where(events.c.at >= previous.c.at, events.c.at <= previous.c.start + window)
-                .group_by(previous.c.who), f"step{index}")
+                .where(events.c.at >= previous.c.at, events.c.at <= previous.c.deadline)
+                .group_by(previous.c.who, previous.c.deadline), f"step{index}")
         counts.append(sa.select(sa.func.count()).select_from(reached).scalar_subquery())
     return sa.select(*counts)
 

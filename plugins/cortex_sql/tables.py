@@ -270,7 +270,7 @@ def build_tables(
 #: range (a funnel's steps, an experiment's conversions), the device column last so that the
 #: index alone answers "which devices, when" (migration 0006)
 STEP_INDEXES = {
-    "events": (("type", "event_time", "device_tag"), ("kingdom", "event_time", "device_tag")),
+    "events": (("type", "event_time", "device_tag"), ("kingdom", "type", "event_time", "device_tag")),
     "messages": (("type", "event_time", "device_tag"),),
     "interactions": (("event_type", "event_time", "user_id"),),
 }

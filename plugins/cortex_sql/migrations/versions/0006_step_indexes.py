@@ -1,6 +1,6 @@
 """Indexes for reading one kind of event in a time range: funnel steps, experiment conversions.
 
-``(org, type, event_time, device_tag)`` and ``(org, kingdom, event_time, device_tag)`` on
+``(org, type, event_time, device_tag)`` and ``(org, kingdom, type, event_time, device_tag)`` on
 ``events``, ``(org, type, event_time, device_tag)`` on ``messages`` and
 ``(org, event_type, event_time, user_id)`` on ``interactions``.  Before them a funnel step
 read every event of the range; the device column at the end lets the index alone say which
@@ -22,7 +22,7 @@ depends_on = None
 
 #: table -> the indexed columns after ``org`` (as in ``cortex_sql.tables.STEP_INDEXES`` now)
 INDEXES = {
-    "events": (("type", "event_time", "device_tag"), ("kingdom", "event_time", "device_tag")),
+    "events": (("type", "event_time", "device_tag"), ("kingdom", "type", "event_time", "device_tag")),
     "messages": (("type", "event_time", "device_tag"),),
     "interactions": (("event_type", "event_time", "user_id"),),
 }
