@@ -16,6 +16,10 @@ The data: ``--dau`` devices active per day, drawn from a pool of ``--pool`` devi
 device has a fixed app (2), os (3), device type (5), country (10) and app version (5);
 events are 2% installs, 9% ``dau``, the rest custom ``event`` with 20 kingdoms; 2% more
 are ``economy`` events in USD.
+
+Funnels and experiments (their own section below, ``--only funnels`` to time just them,
+without building the rollups): every install starts a tutorial / level_1 path, and 2% of
+the rows assign their device to an experiment; each query runs ``--funnel-runs`` times.
 """
 
 from __future__ import annotations

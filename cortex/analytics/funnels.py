@@ -44,7 +44,7 @@ def _counts_query(scope: Scope, filters: dict[str, Any]) -> sa.Select:
 
     Each step is a materialised CTE of ``(who, at, deadline)``: when the device reached it,
     and until when the window lets it go on.  A later step's events are read through the
-    ``(org, type, time)`` / ``(org, kingdom, time)`` indexes, only for the devices still in
+    ``(org, type, time)`` / ``(org, kingdom, type, time)`` indexes, only for the devices still in
     the funnel, and only their device and time; times are compared as stored (exact, and
     nothing is converted per event).  Every step is computed once.
     """
