@@ -7,6 +7,8 @@ as ``key=value`` pairs after the message, the JSON format as keys of the line's 
 from __future__ import annotations
 
 import logging
+import re
+import time
 from datetime import datetime, timezone
 from typing import Any
 
@@ -16,9 +18,13 @@ PLAIN_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 FORMATS = ("plain", "json")
 
 
+#: a value with one of these is written quoted (as a JSON string)
+_NEEDS_QUOTES = re.compile(r'[ "=\n\t]')
+
+
 def _plain_value(value: Any) -> str:
     text = value if isinstance(value, str) else orjson.dumps(value).decode() if isinstance(value, (dict, list)) else str(value)
-    if not text or any(c in text for c in ' "=\n\t'):
+    if not text or _NEEDS_QUOTES.search(text):
         return orjson.dumps(text).decode()
     return text
 
@@ -28,6 +34,17 @@ class PlainFormatter(logging.Formatter):
 
     def __init__(self):
         super().__init__(PLAIN_FORMAT)
+        self._second: int | None = None
+        self._second_text = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        """``logging``'s default time text, with the date and time part made once a second
+        (a request log line each request made this a measurable cost)."""
+        second = int(record.created)
+        if second != self._second:
+            self._second_text = time.strftime(self.default_time_format, self.converter(record.created))
+            self._second = second
+        return self.default_msec_format % (self._second_text, record.msecs)
 
     def format(self, record: logging.LogRecord) -> str:
         """The line for ``record``."""

@@ -69,45 +69,50 @@ def install(app: Flask, record_metrics: bool, log_requests: bool = True) -> None
 
     @app.after_request
     def finish_request(response: Response) -> Response:
-        started = g.get("cortex_started")
+        # the objects behind Flask's proxies, once: each proxy access costs a lookup
+        context, current = g._get_current_object(), request._get_current_object()
+        started = getattr(context, "cortex_started", None)
         if started is None:  # an error before any before_request function ran
             start_request()
-            started = g.cortex_started
-        rid = g.cortex_request_id
+            started = context.cortex_started
+        rid = context.cortex_request_id
         response.headers[REQUEST_ID_HEADER] = rid
         seconds = time.perf_counter() - started
-        rule = request.url_rule
+        rule = current.url_rule
         endpoint = rule.rule if rule is not None else "unmatched"
         status = response.status_code
         if record_metrics:
-            metrics.record_request(endpoint, request.method, status, seconds)
-        level = logging.DEBUG if request.path in QUIET_PATHS else logging.INFO
+            metrics.record_request(endpoint, current.method, status, seconds)
+        path = current.path
+        level = logging.DEBUG if path in QUIET_PATHS else logging.INFO
         if log_requests and log.isEnabledFor(level):
-            log.log(level, "%s %s %d", request.method, request.path, status,
-                    extra={"fields": _fields(rid, endpoint, status, seconds)})
+            log.log(level, "%s %s %d", current.method, path, status,
+                    extra={"fields": _fields(context, current, rid, endpoint, status, seconds)})
         return response
 
 
-def _fields(rid: str, endpoint: str, status: int, seconds: float) -> dict:
+def _fields(context, current, rid: str, endpoint: str, status: int, seconds: float) -> dict:
+    """The log line's fields (``context``: the request's ``g``; ``current``: the request)."""
     fields = {
         "request_id": rid,
-        "method": request.method,
-        "path": request.path,
+        "method": current.method,
+        "path": current.path,
         "endpoint": endpoint,
         "status": status,
         "duration_ms": round(seconds * 1000, 3),
-        "remote_addr": request.remote_addr,
-        "bytes_in": request.content_length,
+        "remote_addr": current.remote_addr,
+        "bytes_in": current.content_length,
     }
-    org = g.get("cortex_org") or (request.view_args or {}).get("org")
+    values = context.__dict__
+    org = values.get("cortex_org") or (current.view_args or {}).get("org")
     if org:
         fields["org"] = org
-    events = g.get("cortex_events")
+    events = values.get("cortex_events")
     if events:
         fields["accepted"], fields["duplicate"], fields["rejected"] = events
-    reason = g.get("cortex_reason")
+    reason = values.get("cortex_reason")
     if reason:
-        secret = g.get("cortex_secret")
+        secret = values.get("cortex_secret")
         if secret:
             reason = reason.replace(secret, "[api key]")
         fields["reason"] = reason

@@ -47,6 +47,23 @@ def test_rollups_follow_the_writes_and_ignore_resent_batches(world):
     assert snapshot(sink) == before
 
 
+def test_a_batch_partly_stored_before_adds_only_its_new_records(world):
+    _, _, sink = world
+    built = snapshot(sink)
+    records = [r for r in sink.read_records() if r["kind"] != "rejected"]
+    gone = {r["id"] for r in records[::2]}
+    raw = build_tables(sa.MetaData(), sink.table_prefix, sink.schema)
+    with sink.engine.begin() as conn:
+        for name in ("events", "economy", "links", "messages", "experiments", "interactions"):
+            conn.execute(raw[name].delete().where(raw[name].c.id.in_(gone)))
+    sink.recompute_rollups("demo", date(2024, 6, 1), date(2024, 6, 30))
+    sink.recompute_rollups("rival", date(2024, 5, 1), date(2024, 7, 31))
+    assert snapshot(sink) != built
+    # one batch holding the records stored before and the deleted ones: only the latter count
+    sink.write(records)
+    assert snapshot(sink) == built
+
+
 def test_recompute_gives_what_the_writes_built(world):
     _, _, sink = world
     built = snapshot(sink)

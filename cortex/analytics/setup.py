@@ -8,6 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from flask import Flask
+from flask.sessions import SecureCookieSessionInterface
 
 from cortex.accounts import AccountStore
 from cortex.analytics.store import AnalyticsStore
@@ -55,6 +56,34 @@ def secret_key(config: dict) -> str:
     return key
 
 
+class CookieSessions(SecureCookieSessionInterface):
+    """Flask's signed-cookie sessions, without their cost on requests that have no cookie.
+
+    Flask builds the cookie's signing serializer on every request, session cookie or not;
+    ingest requests never have one, and that was a tenth of their work.  The serializer is
+    made once per secret key here, and only when a request does carry a session cookie.
+    """
+
+    _serializer = None
+    _serializer_keys = None
+
+    def get_signing_serializer(self, app: Flask):
+        """The serializer of the app's current secret key (and fallbacks), made once."""
+        keys = (app.secret_key, tuple(app.config.get("SECRET_KEY_FALLBACKS") or ()))
+        if keys != self._serializer_keys:
+            self._serializer = super().get_signing_serializer(app)
+            self._serializer_keys = keys
+        return self._serializer
+
+    def open_session(self, app: Flask, request):
+        """An empty session at once when the request has no session cookie."""
+        if app.secret_key and (
+            "HTTP_COOKIE" not in request.environ or self.get_cookie_name(app) not in request.cookies
+        ):
+            return self.session_class()
+        return super().open_session(app, request)
+
+
 def install(app: Flask, state) -> None:
     """Register the query API and the web login on ``app``."""
     from cortex.analytics.views import blueprint as api_blueprint
@@ -62,6 +91,7 @@ def install(app: Flask, state) -> None:
 
     web = state.config["web"]
     app.secret_key = secret_key(state.config)
+    app.session_interface = CookieSessions()
     app.config.update(
         SESSION_COOKIE_NAME="cortex_session",
         SESSION_COOKIE_SECURE=bool(web["secure_cookies"]),

@@ -355,12 +355,15 @@ class BulkWriter:
             raise PermanentError(f"record {name!r}: {exc}") from exc
         return groups
 
-    def insert(self, connection: sa.Connection, groups: dict[str, list[tuple]]) -> None:
-        """Run every group's statement with its rows, in the caller's transaction."""
+    def insert(self, connection: sa.Connection, groups: dict[str, list[tuple]]) -> int:
+        """Run every group's statement with its rows, in the caller's transaction; returns
+        the number of rows added (ids stored before add none)."""
         chunk = self.chunk_rows
+        added = 0
         for statement, rows in groups.items():
             if chunk is None or len(rows) <= chunk:
-                connection.exec_driver_sql(statement, rows)
+                added += connection.exec_driver_sql(statement, rows).rowcount
                 continue
             for start in range(0, len(rows), chunk):
-                connection.exec_driver_sql(statement, rows[start : start + chunk])
+                added += connection.exec_driver_sql(statement, rows[start : start + chunk]).rowcount
+        return added

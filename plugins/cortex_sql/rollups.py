@@ -41,7 +41,6 @@ from datetime import date, datetime, timezone
 from typing import Any, Iterable
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 
 __all__ = ["DIMENSIONS", "ROLLUP_TABLES", "TYPE_BITS", "RollupWriter", "define_rollup_tables", "recompute"]
 
@@ -61,7 +60,8 @@ ROLLUP_TABLES = ("rollup_events", "rollup_device_days", "rollup_devices")
 #: the raw tables rolled up, with the record kinds they hold
 RAW_TABLES = ("events", "economy", "links", "messages", "experiments", "interactions")
 
-_UPSERTS = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
+#: the databases whose upserts (``INSERT ... ON CONFLICT``) the writer uses
+UPSERT_DIALECTS = frozenset({"sqlite", "postgresql"})
 
 
 def _dimension(name: str, length: int) -> sa.Column:
@@ -183,60 +183,111 @@ def _first_present(value: Any, fallback: Any) -> Any:
     return fallback if value is None else value
 
 
-def _greatest(dialect_name: str, a, b):
-    """The greater of two non-NULL values (SQLite's two-argument max(), PostgreSQL's GREATEST)."""
-    if dialect_name == "sqlite":  # BINARY collation: code point order, as Python compares
-        return sa.func.max(a, b)
-    return sa.func.greatest(a.collate("C"), b.collate("C"))
+def _earlier(a: Any, b: Any) -> Any:
+    """The earlier of two days, either of which may be None."""
+    if a is None:
+        return b
+    if b is None or a <= b:
+        return a
+    return b
 
 
-def _least(a, b):
-    """The earlier of two dates, either of which may be NULL (SQLite's min() would give NULL)."""
-    return sa.case((a.is_(None), b), (b.is_(None), a), (b < a, b), else_=a)
+_MARKS = {"qmark": "?", "format": "%s", "pyformat": "%s"}
+
+
+def _earlier_sql(column: str) -> str:
+    """The earlier of the stored and the new day of ``column``, either of which may be NULL."""
+    return (f"CASE WHEN cur.{column} IS NULL THEN excluded.{column} WHEN excluded.{column} IS NULL"
+            f" THEN cur.{column} WHEN excluded.{column} < cur.{column} THEN excluded.{column}"
+            f" ELSE cur.{column} END")
+
+
+class _Statements:
+    """The rollup writer's SQL, as text for the driver's ``executemany`` (plain tuples).
+
+    SQLAlchemy's per-row work (a dict per row, bind processors, an ``IN`` compiled per
+    batch) cost more than the database's; see :mod:`cortex_sql.bulk` for the same choice
+    on the raw tables.  Days are ``YYYY-MM-DD`` text on SQLite (as SQLAlchemy's ``Date``
+    stores them) and ``date`` objects on PostgreSQL.
+    """
+
+    def __init__(self, dialect: sa.Dialect, tables: dict[str, sa.Table]):
+        q = dialect.identifier_preparer.quote
+        mark = _MARKS[dialect.paramstyle]
+        events, device_days, devices = (dialect.identifier_preparer.format_table(tables[n]) for n in ROLLUP_TABLES)
+        if dialect.name == "sqlite":
+            def greatest(column: str) -> str:
+                return f"max(cur.{q(column)}, excluded.{q(column)})"
+        else:
+            def greatest(column: str) -> str:
+                return f'GREATEST(cur.{q(column)} COLLATE "C", excluded.{q(column)} COLLATE "C")'
+
+        def insert(table: str, columns: tuple[str, ...], keys: tuple[str, ...], updates: dict[str, str]) -> str:
+            sets = ", ".join(f"{q(c)} = {expression}" for c, expression in updates.items())
+            return (f"INSERT INTO {table} AS cur ({', '.join(q(c) for c in columns)})"
+                    f" VALUES ({', '.join([mark] * len(columns))})"
+                    f" ON CONFLICT ({', '.join(q(k) for k in keys)}) DO UPDATE SET {sets}")
+
+        def added(column: str) -> str:
+            return f"cur.{q(column)} + excluded.{q(column)}"
+
+        event_keys = ("org", "day", "app", *DIMENSIONS)
+        #: rows (org, day, app, type, kingdom, dimension, value, events, revenue_usd)
+        self.events = insert(events, (*event_keys, "events", "revenue_usd"), event_keys,
+                             {"events": added("events"), "revenue_usd": added("revenue_usd")})
+        day_keys = ("org", "day", "app", "device")
+        #: rows (org, day, app, device, *DEVICE_DIMENSIONS, events, revenue_usd, types, is_first)
+        self.device_days = insert(
+            device_days, (*day_keys, *DEVICE_DIMENSIONS, "events", "revenue_usd", "types", "is_first"), day_keys,
+            {"events": added("events"), "revenue_usd": added("revenue_usd"),
+             "types": f"cur.{q('types')} | excluded.{q('types')}",
+             "is_first": f"CASE WHEN excluded.{q('is_first')} > cur.{q('is_first')}"
+                         f" THEN excluded.{q('is_first')} ELSE cur.{q('is_first')} END",
+             **{d: greatest(d) for d in DEVICE_DIMENSIONS}})
+        #: rows (org, app, device, first_day, install_day): only the devices new to the
+        #: rollups or whose days move earlier are sent (the update still keeps the earlier
+        #: day, for writers of one database that run at the same time)
+        self.devices = insert(devices, ("org", "app", "device", "first_day", "install_day"),
+                              ("org", "app", "device"),
+                              {"first_day": _earlier_sql(q("first_day")), "install_day": _earlier_sql(q("install_day"))})
+        #: rows (org, day, app, device): the device-day that is no longer the device's first
+        self.demote = (f"UPDATE {device_days} SET {q('is_first')} = 0 WHERE {q('org')} = {mark}"
+                       f" AND {q('day')} = {mark} AND {q('app')} = {mark} AND {q('device')} = {mark}")
+        self._devices_table = devices
+        self._mark = mark
+        self._q = q
+
+    def known_devices(self, count: int) -> str:
+        """SELECT device, first_day, install_day of ``count`` devices of one org and app."""
+        q = self._q
+        return (f"SELECT {q('device')}, {q('first_day')}, {q('install_day')} FROM {self._devices_table}"
+                f" WHERE {q('org')} = {self._mark} AND {q('app')} = {self._mark}"
+                f" AND {q('device')} IN ({', '.join([self._mark] * count)})")
+
+
+#: devices per lookup of their first days (bound parameters per statement stay well
+#: under SQLite's and PostgreSQL's limits)
+LOOKUP_CHUNK = 500
 
 
 class RollupWriter:
-    """Adds a batch's new records to the rollups, inside the sink's transaction."""
+    """Adds a batch's new records to the rollups, inside the sink's transaction.
 
-    def __init__(self, dialect_name: str, tables: dict[str, sa.Table], raw: dict[str, sa.Table]):
-        insert = _UPSERTS[dialect_name]
+    A batch's records are first summed per device, day and every dimension (one dict
+    update per record), then spread into the three tables' rows, and each table gets one
+    ``executemany`` of plain tuples.
+    """
+
+    def __init__(self, dialect: sa.Dialect, tables: dict[str, sa.Table], raw: dict[str, sa.Table]):
         self.raw = {name: raw[name] for name in RAW_TABLES}
-        events, device_days, devices = (tables[n] for n in ROLLUP_TABLES)
-        stmt = insert(events)
-        self.events = stmt.on_conflict_do_update(
-            index_elements=["org", "day", "app", *DIMENSIONS],
-            set_={"events": events.c.events + stmt.excluded.events,
-                  "revenue_usd": events.c.revenue_usd + stmt.excluded.revenue_usd},
-        )
-        stmt = insert(device_days)
-        self.device_days = stmt.on_conflict_do_update(
-            index_elements=["org", "day", "app", "device"],
-            set_={"events": device_days.c.events + stmt.excluded.events,
-                  "revenue_usd": device_days.c.revenue_usd + stmt.excluded.revenue_usd,
-                  "types": device_days.c.types.op("|")(stmt.excluded.types),
-                  "is_first": sa.case((stmt.excluded.is_first > device_days.c.is_first, stmt.excluded.is_first),
-                                      else_=device_days.c.is_first),
-                  **{d: _greatest(dialect_name, device_days.c[d], stmt.excluded[d]) for d in DEVICE_DIMENSIONS}},
-        )
-        self.device_days_table = device_days
-        self.devices_table = devices
-        self.demote = (
-            device_days.update()
-            .where(device_days.c.org == sa.bindparam("b_org"), device_days.c.app == sa.bindparam("b_app"),
-                   device_days.c.device == sa.bindparam("b_device"), device_days.c.day == sa.bindparam("b_day"))
-            .values(is_first=0)
-        )
-        stmt = insert(devices)
-        self.devices = stmt.on_conflict_do_update(
-            index_elements=["org", "app", "device"],
-            set_={"first_day": _least(devices.c.first_day, stmt.excluded.first_day),
-                  "install_day": _least(devices.c.install_day, stmt.excluded.install_day)},
-        )
+        self.sql = _Statements(dialect, tables)
+        self.postgres = dialect.name == "postgresql"
 
     @staticmethod
-    def supports(dialect_name: str) -> bool:
-        """True for the databases whose upserts this class uses (SQLite, PostgreSQL)."""
-        return dialect_name in _UPSERTS
+    def supports(dialect: sa.Dialect) -> bool:
+        """True for the databases whose upserts this class uses (SQLite, PostgreSQL), with
+        a driver whose parameter style it writes."""
+        return dialect.name in UPSERT_DIALECTS and dialect.paramstyle in _MARKS
 
     def stored_ids(self, connection: sa.Connection, records: list[dict[str, Any]]) -> set[str]:
         """The ids of ``records`` already in the raw tables (before this batch is written)."""
@@ -255,90 +306,178 @@ class RollupWriter:
                 found.update(connection.scalars(sa.select(table.c.id).where(table.c.id.in_(chunk))))
         return found
 
-    def apply(self, connection: sa.Connection, records: Iterable[dict[str, Any]], skip: set[str]) -> None:
-        """Add ``records`` (but not those whose id is in ``skip``, nor repeats) to the rollups."""
-        events: dict[tuple, list] = {}
-        device_days: dict[tuple, dict] = {}
-        devices: dict[tuple, list] = {}
+    def _sums(self, records: Iterable[dict[str, Any]], skip: set[str]) -> dict[tuple, list]:
+        """Events and revenue per (org, day, app, device, type, kingdom, *DEVICE_DIMENSIONS)
+        of ``records`` (not those whose id is in ``skip``, nor repeats)."""
+        raw_sums: dict[tuple, list] = {}
         seen = set(skip)
         for record in records:
             record_id = record.get("id")
             if record_id in seen:
                 continue
             seen.add(record_id)
-            row = normalise(record)
-            if row is None:
+            kind = record.get("kind")
+            time = record.get("event_time")
+            if time is None:
                 continue
-            head = (row["org"], row["day"], row["app"], row["type"], row["kingdom"])
-            for key in (head + ("", ""), *(head + (d, row[d]) for d in SLICED)):
-                totals = events.get(key)
-                if totals is None:
-                    events[key] = [1, row["revenue_usd"]]
+            if kind == "track":
+                device = record.get("device_tag")
+                if not device:
+                    continue
+                event_type = record.get("type")
+                if event_type == "economy":
+                    usd = record.get("spend_amount_usd")
+                    revenue = float(usd) if usd is not None else _usd(record.get("spend_currency"),
+                                                                      record.get("spend_amount"))
                 else:
-                    totals[0] += 1
-                    totals[1] += row["revenue_usd"]
-            bit = TYPE_BITS.get(row["type"], OTHER_TYPE_BIT)
-            key = (row["org"], row["day"], row["app"], row["device"])
-            day = device_days.get(key)
-            if day is None:
-                device_days[key] = {**{d: row[d] for d in DEVICE_DIMENSIONS}, "events": 1,
-                                    "revenue_usd": row["revenue_usd"], "types": bit, "is_first": 0}
+                    revenue = 0.0
+                extra = record.get("extra")
+                source = extra.get("source") if extra.__class__ is dict else None
+                key = (record["org"], time, record.get("app"), device, event_type, record.get("kingdom"),
+                       record.get("os"), record.get("device_type"), record.get("country"), record.get("app_ver"),
+                       source)
+            elif kind == "interaction":
+                row = normalise(record)
+                if row is None:
+                    continue
+                revenue = row["revenue_usd"]
+                key = (row["org"], row["day"], row["app"], row["device"], row["type"], row["kingdom"],
+                       *(row[d] for d in DEVICE_DIMENSIONS))
             else:
-                day["events"] += 1
-                day["revenue_usd"] += row["revenue_usd"]
-                day["types"] |= bit
-                for name in DEVICE_DIMENSIONS:
-                    if row[name] > day[name]:
-                        day[name] = row[name]
-            key = (row["org"], row["app"], row["device"])
-            install = row["day"] if row["type"] == "install" else None
-            first = devices.get(key)
-            if first is None:
-                devices[key] = [row["day"], install]
+                continue
+            sums = raw_sums.get(key)
+            if sums is None:
+                raw_sums[key] = [1, revenue]
             else:
-                first[0] = min(first[0], row["day"])
-                if install is not None:
-                    first[1] = install if first[1] is None else min(first[1], install)
-        if not events:
+                sums[0] += 1
+                sums[1] += revenue
+        # the same values rollups store (days; strings fitted, missing ones ""), per group;
+        # _fit inline, as calls would cost more than the checks
+        sums: dict[tuple, list] = {}
+        day_of = self._day
+        days: dict[str, Any] = {}
+        for (org, time, app, device, event_type, kingdom, os, device_type, country, app_ver, source), (
+                count, revenue) in raw_sums.items():
+            fitted = (
+                org, day_of(time, days),
+                app if app.__class__ is str and len(app) <= 64 else _text(app, 64),
+                device[:128] if device.__class__ is str else str(device)[:128],
+                event_type if event_type.__class__ is str and len(event_type) <= 64 else _text(event_type, 64),
+                kingdom if kingdom.__class__ is str and len(kingdom) <= 32 else _text(kingdom, 32),
+                os if os.__class__ is str and len(os) <= 16 else _text(os, 16),
+                device_type if device_type.__class__ is str and len(device_type) <= 16 else _text(device_type, 16),
+                country if country.__class__ is str and len(country) <= 2 else _text(country, 2),
+                app_ver if app_ver.__class__ is str and len(app_ver) <= 16 else _text(app_ver, 16),
+                source if source.__class__ is str and len(source) <= 256 else _text(source, 256),
+            )
+            total = sums.get(fitted)
+            if total is None:
+                sums[fitted] = [count, revenue]
+            else:
+                total[0] += count
+                total[1] += revenue
+        return sums
+
+    def _day(self, time: Any, days: dict[str, Any]) -> Any:
+        """A record time's UTC day, as the database's ``Date`` column takes it (``days``
+        keeps the conversions of one batch)."""
+        if time.__class__ is str and time[-1:] == "Z" and time[10:11] == "T":  # canonical, UTC
+            text = time[:10]
+        else:  # normalise() made a date; any other form is parsed
+            text = (time if time.__class__ is date else _day(time)).isoformat()
+        if not self.postgres:
+            return text
+        day = days.get(text)
+        if day is None:
+            day = days[text] = date.fromisoformat(text)
+        return day
+
+    def apply(self, connection: sa.Connection, records: Iterable[dict[str, Any]], skip: set[str]) -> None:
+        """Add ``records`` (but not those whose id is in ``skip``, nor repeats) to the rollups."""
+        sums = self._sums(records, skip)
+        if not sums:
             return
-        self._mark_first_days(connection, device_days, devices)
-        connection.execute(self.events, [
-            {"org": k[0], "day": k[1], "app": k[2], **dict(zip(DIMENSIONS, k[3:])), "events": v[0], "revenue_usd": v[1]}
-            for k, v in events.items()
-        ])
-        connection.execute(self.device_days, [
-            {"org": k[0], "day": k[1], "app": k[2], "device": k[3], **v} for k, v in device_days.items()
-        ])
-        connection.execute(self.devices, [
-            {"org": k[0], "app": k[1], "device": k[2], "first_day": v[0], "install_day": v[1]}
-            for k, v in devices.items()
-        ])
+        groups: dict[tuple, list] = {}  # the sums without the device
+        device_days: dict[tuple, list] = {}
+        devices: dict[tuple, list] = {}
+        for key, (count, revenue) in sums.items():
+            org, day, app, device, event_type = key[:5]
+            dimensions = key[6:]
+            group_key = key[:3] + key[4:]
+            totals = groups.get(group_key)
+            if totals is None:
+                groups[group_key] = [count, revenue]
+            else:
+                totals[0] += count
+                totals[1] += revenue
+            bit = TYPE_BITS.get(event_type, OTHER_TYPE_BIT)
+            day_key = (org, day, app, device)
+            row = device_days.get(day_key)
+            if row is None:
+                device_days[day_key] = [*dimensions, count, revenue, bit, 0]
+            else:
+                for index, value in enumerate(dimensions):
+                    if value > row[index]:
+                        row[index] = value
+                row[5] += count
+                row[6] += revenue
+                row[7] |= bit
+            device_key = (org, app, device)
+            install = day if event_type == "install" else None
+            first = devices.get(device_key)
+            if first is None:
+                devices[device_key] = [day, install]
+            else:
+                first[0] = _earlier(first[0], day)
+                first[1] = _earlier(first[1], install)
+        events: dict[tuple, list] = {}
+        for key, (count, revenue) in groups.items():
+            head = key[:5]  # org, day, app, type, kingdom
+            for slice_key in (head + ("", ""), *(head + pair for pair in zip(SLICED, key[5:]))):
+                totals = events.get(slice_key)
+                if totals is None:
+                    events[slice_key] = [count, revenue]
+                else:
+                    totals[0] += count
+                    totals[1] += revenue
+        self._first_days(connection, device_days, devices)
+        connection.exec_driver_sql(self.sql.events, [(*key, *totals) for key, totals in events.items()])
+        connection.exec_driver_sql(self.sql.device_days, [(*key, *row) for key, row in device_days.items()])
 
-
-    def _first_days_stored(self, connection: sa.Connection, keys: list[tuple]) -> dict[tuple, date]:
-        devices = self.devices_table
-        found: dict[tuple, date] = {}
-        columns = sa.tuple_(devices.c.org, devices.c.app, devices.c.device)
-        for start in range(0, len(keys), 300):
-            query = sa.select(devices.c.org, devices.c.app, devices.c.device, devices.c.first_day).where(
-                columns.in_(keys[start:start + 300]))
-            for org, app, device, first_day in connection.execute(query):
-                found[(org, app, device)] = _as_date(first_day)
-        return found
-
-    def _mark_first_days(self, connection: sa.Connection, device_days: dict, devices: dict) -> None:
-        """Set ``is_first`` on the batch's device-days that are a device's first, and clear
-        it on the day that was first until now."""
-        stored = self._first_days_stored(connection, list(devices))
-        demoted = []
-        for (org, app, device), (first_day, _) in devices.items():
-            before = stored.get((org, app, device))
-            if before is None or first_day < before:
-                device_days[(org, first_day, app, device)]["is_first"] = 1
-                if before is not None:
-                    demoted.append({"b_org": org, "b_app": app, "b_device": device, "b_day": before})
+    def _first_days(self, connection: sa.Connection, device_days: dict, devices: dict) -> None:
+        """Store the batch's devices that are new or whose first (or install) day moves
+        earlier; set ``is_first`` on the device-days that are now a device's first, and
+        clear it on the day that was first until now."""
+        by_app: dict[tuple, list] = defaultdict(list)
+        for org, app, device in devices:
+            by_app[(org, app)].append(device)
+        stored: dict[tuple, tuple] = {}
+        for (org, app), names in by_app.items():
+            for start in range(0, len(names), LOOKUP_CHUNK):
+                chunk = names[start:start + LOOKUP_CHUNK]
+                result = connection.exec_driver_sql(self.sql.known_devices(len(chunk)), (org, app, *chunk))
+                for device, first_day, install_day in result:
+                    stored[(org, app, device)] = (first_day, install_day)
+        changed, demoted = [], []
+        for key, (first_day, install_day) in devices.items():
+            before = stored.get(key)
+            org, app, device = key
+            if before is None:
+                device_days[(org, first_day, app, device)][8] = 1
+                changed.append((*key, first_day, install_day))
+                continue
+            first_before, install_before = before
+            earliest_install = _earlier(install_before, install_day)
+            if first_day < first_before:
+                device_days[(org, first_day, app, device)][8] = 1
+                demoted.append((org, first_before, app, device))
+                changed.append((*key, first_day, earliest_install))
+            elif earliest_install != install_before:
+                changed.append((*key, first_before, earliest_install))
         if demoted:
-            connection.execute(self.demote, demoted)
+            connection.exec_driver_sql(self.sql.demote, demoted)
+        if changed:
+            connection.exec_driver_sql(self.sql.devices, changed)
 
 
 def _as_date(value: Any) -> date:

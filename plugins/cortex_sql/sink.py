@@ -108,9 +108,9 @@ class SqlSink(Sink):
                 )
         if BulkWriter.supports(self.engine.dialect):
             self._bulk = BulkWriter(self.engine.dialect, self._rows.values())
-        if self.rollups_enabled and RollupWriter.supports(self.engine.dialect.name):
+        if self.rollups_enabled and RollupWriter.supports(self.engine.dialect):
             rollup_tables = define_rollup_tables(sa.MetaData(), self.table_prefix, self.schema)
-            self._rollups = RollupWriter(self.engine.dialect.name, rollup_tables, tables)
+            self._rollups = RollupWriter(self.engine.dialect, rollup_tables, tables)
         elif self.rollups_enabled:
             self.context.logger.warning(
                 "sink %s: rollups are kept on SQLite and PostgreSQL only; the query API reads"
@@ -154,6 +154,12 @@ class SqlSink(Sink):
             return
         if self._bulk is not None:
             groups = self._bulk.group(records)
+            if self._rollups is not None:
+                try:
+                    self._run(self._all_new_rolled_up(records), groups)
+                    return
+                except _NotAllNew:
+                    pass  # some were stored before (a batch sent again): the careful way
             self._run(self._rolled_up(self._bulk.insert, records), groups)
             return
         batches: dict[TableRows, list[dict[str, Any]]] = defaultdict(list)
@@ -175,6 +181,22 @@ class SqlSink(Sink):
             stored = rollups.stored_ids(connection, records)
             insert(connection, batches)
             rollups.apply(connection, records, stored)
+
+        return insert_and_roll_up
+
+    def _all_new_rolled_up(self, records: list[dict[str, Any]]):
+        """The bulk insert, followed by the rollups of all ``records``, or :class:`_NotAllNew`
+        (rolling the transaction back) when the database already held some of them.
+
+        Nearly every batch is new, so this skips looking the batch's ids up before writing;
+        the rows the inserts added are counted instead.
+        """
+        rollups, bulk = self._rollups, self._bulk
+
+        def insert_and_roll_up(connection: sa.Connection, groups) -> None:
+            if bulk.insert(connection, groups) != len({record["id"] for record in records}):
+                raise _NotAllNew()
+            rollups.apply(connection, records, set())
 
         return insert_and_roll_up
 
@@ -332,6 +354,10 @@ class SqlSink(Sink):
             newest_cut = _as_utc(max(cutoffs)).date()
             if oldest <= newest_cut:
                 self.recompute_rollups(org, oldest, newest_cut)
+
+
+class _NotAllNew(Exception):
+    """Some records of the batch were stored before; it is written again the careful way."""
 
 
 def _as_utc(moment: datetime) -> datetime:

@@ -1,0 +1,118 @@
+"""What one ingest request costs Cortex's app in CPU, against the floor app, in-process.
+
+    .venv/bin/python bench/request_bench.py [--requests 3000] [--sizes 1,10,100] [--profile N]
+
+Both WSGI apps are called directly with a prepared environ (no server, no sockets), the
+Cortex app on its defaults in a temporary data directory with the dispatcher off (its cost
+is ``bench/dispatch_bench.py``'s).  Every request is a new bundle of the mix of
+``bench/ingest.lua`` from a device of its own.  It prints CPU microseconds per request and
+per event, best of three rounds, and the difference to the floor: what Cortex adds to a
+request before gunicorn and the network have their share.
+
+``--profile N`` prints the N costliest functions of one Cortex round (cProfile).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import pstats
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dispatch_bench import MIX, event  # noqa: E402
+from floor_app import app as floor_app  # noqa: E402
+
+from cortex.app import create_app  # noqa: E402
+from cortex.cli import initialise  # noqa: E402
+
+
+def bodies(api_key: str, size: int, count: int, round_id: int) -> list[bytes]:
+    """``count`` bundles of ``size`` events, each from a device of its own."""
+    moment = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
+    return [orjson.dumps({
+        "api_key": api_key, "app_ver": "2.7.1", "device_tag": f"d-{round_id}-{n}", "os": "ios",
+        "os_ver": "17.4.1", "device_type": "iphone", "language": "en",
+        "events": [event(MIX[i % 10], n * 1000 + i, moment) for i in range(size)],
+    }) for n in range(count)]
+
+
+def call(app, body: bytes, query: str) -> None:
+    """One POST /demo/1/track through the WSGI interface; fails unless 200."""
+    environ = {
+        "REQUEST_METHOD": "POST", "PATH_INFO": "/demo/1/track", "QUERY_STRING": query,
+        "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "8000", "SERVER_PROTOCOL": "HTTP/1.1",
+        "REMOTE_ADDR": "127.0.0.1", "CONTENT_TYPE": "text/plain", "CONTENT_LENGTH": str(len(body)),
+        "wsgi.input": io.BytesIO(body), "wsgi.url_scheme": "http", "wsgi.errors": sys.stderr,
+        "wsgi.multithread": False, "wsgi.multiprocess": True, "wsgi.run_once": False, "wsgi.version": (1, 0),
+        "HTTP_HOST": "127.0.0.1:8000", "HTTP_USER_AGENT": "request_bench",
+    }
+    status = []
+    answer = app(environ, lambda s, headers, exc_info=None: status.append(s))
+    b"".join(answer)
+    if hasattr(answer, "close"):
+        answer.close()
+    if not status[0].startswith("200"):
+        raise SystemExit(f"{status[0]}: {b''.join(answer)[:200]!r}")
+
+
+def round_cpu(app, api_key: str, size: int, count: int, round_id: int) -> float:
+    """CPU seconds of ``count`` requests."""
+    prepared = bodies(api_key, size, count, round_id)
+    query = f"current_time={int(time.time())}"
+    start = time.process_time()
+    for body in prepared:
+        call(app, body, query)
+    return time.process_time() - start
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=3000, help="requests per round (3 rounds per case)")
+    parser.add_argument("--sizes", default="1,10,100")
+    parser.add_argument("--profile", type=int, default=0, metavar="N")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        cortex = create_app(overrides={"data_dir": tmp, "logging": {"level": "WARNING"},
+                                       "dispatcher": {"embedded": False}})
+        api_key = initialise(cortex.extensions["cortex"])
+        rows = []
+        round_id = 0
+        for size in (int(s) for s in args.sizes.split(",")):
+            count = max(50, args.requests // max(1, size // 10))
+            best = {}
+            for label, app in (("floor", floor_app), ("cortex", cortex)):
+                times = []
+                for _ in range(3):
+                    round_id += 1
+                    times.append(round_cpu(app, api_key, size, count, round_id) / count * 1e6)
+                best[label] = min(times)
+            rows.append((size, best["floor"], best["cortex"]))
+            if args.profile:
+                profiler = cProfile.Profile()
+                round_id += 1
+                prepared = bodies(api_key, size, count, round_id)
+                profiler.enable()
+                for body in prepared:
+                    call(cortex, body, f"current_time={int(time.time())}")
+                profiler.disable()
+                print(f"--- profile, {size}-event bundles, {count} requests")
+                pstats.Stats(profiler).sort_stats("tottime").print_stats(args.profile)
+    print(f"{'events/bundle':>13} {'floor µs/req':>12} {'cortex µs/req':>13} {'added µs/req':>12}"
+          f" {'added µs/event':>14} {'ratio':>6}")
+    for size, floor, cortex in rows:
+        print(f"{size:>13} {floor:>12.1f} {cortex:>13.1f} {cortex - floor:>12.1f} {(cortex - floor) / size:>14.2f}"
+              f" {cortex / floor:>5.1f}×")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
