@@ -32,7 +32,7 @@ from cortex_sql.bulk import pg_datetime, sqlite_datetime
 from cortex_sql.rollups import define_rollup_tables
 from cortex_sql.tables import build_tables
 
-HEAD = "0004"
+HEAD = "0006"
 
 
 # --- the conformance suite ------------------------------------------------------------------
