@@ -16,6 +16,10 @@ The data: ``--dau`` devices active per day, drawn from a pool of ``--pool`` devi
 device has a fixed app (2), os (3), device type (5), country (10) and app version (5);
 events are 2% installs, 9% ``dau``, the rest custom ``event`` with 20 kingdoms; 2% more
 are ``economy`` events in USD.
+
+Funnels and experiments (their own section below, ``--only funnels`` to time just them,
+without building the rollups): every install starts a tutorial / level_1 path, and 2% of
+the rows assign their device to an experiment; each query runs ``--funnel-runs`` times.
 """
 
 from __future__ import annotations
@@ -119,6 +123,132 @@ def _pg_fill(engine: sa.Engine, schema: str, events: int, days: int, dau: int, p
         conn.exec_driver_sql(f'VACUUM ANALYZE "{schema}".economy')
 
 
+# -- funnels and experiments ------------------------------------------------------------------
+# Both read the raw events (no rollup holds the order of events within a day).  Their data is
+# added beside the dashboard data above, without changing it: every install starts a path
+# (tutorial a minute later for 60% of installs, level_1 ten minutes later for 30%), and 2% of
+# the event rows assign their device to one of two experiments with two variants each (half of
+# them 30 seconds before the device's purchase).
+
+FUNNEL_STEPS = ((60, "tutorial", 3, 5), (600, "level_1", 3, 10))  # seconds after the install, kingdom, share
+
+
+def funnel_queries(days: int) -> list[tuple[str, str, dict]]:
+    """(label, endpoint, arguments) of the funnel and experiment queries timed."""
+    last = FIRST_DAY + timedelta(days=days - 1)
+    month = {"start_date": (last - timedelta(days=29)).isoformat(), "end_date": last.isoformat()}
+    week = {"start_date": (last - timedelta(days=6)).isoformat(), "end_date": last.isoformat()}
+    everything = {"start_date": FIRST_DAY.isoformat(), "end_date": last.isoformat()}
+    return [
+        ("funnel install>tutorial>level_1, 7 d", "funnel", {**week, "steps": "install,event:tutorial,event:level_1"}),
+        ("funnel install>tutorial>level_1, 30 d", "funnel",
+         {**month, "steps": "install,event:tutorial,event:level_1", "window": 3600}),
+        ("funnel dau>economy, 30 d, 7-day window", "funnel", {**month, "steps": "dau,economy", "window": 7 * 86400}),
+        ("funnel iOS in one country, 30 d", "funnel",
+         {**month, "steps": "install,event:tutorial,event:level_1", "os": "ios", "country": "c1"}),
+        ("funnel install>tutorial>level_1, 90 d", "funnel", {**everything, "steps": "install,event:tutorial,event:level_1"}),
+        ("experiments, 30 d", "experiments", month),
+        ("experiments, 90 d", "experiments", everything),
+        ("one experiment to level_1 events, 30 d", "experiments",
+         {**month, "experiment": "exp0", "conversion_event": "event"}),
+    ]
+
+
+def _sqlite_fill_funnels(engine: sa.Engine, events: int, days: int, dau: int, pool: int) -> None:
+    per_day = events // days
+    start = _epoch(FIRST_DAY)
+    common = f"""
+        WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < :count - 1),
+        e AS (SELECT i, ((i / {per_day}) * 7919 + (i % {dau}) * 104729) % {pool} AS dev,
+                     {start} + (i / {per_day}) * 86400 + (i % {per_day}) * 86400 / {per_day} AS t FROM n)
+    """
+    dims = ("'app-' || (dev % 2), 'dev-' || dev, CASE dev % 3 WHEN 0 THEN 'ios' WHEN 1 THEN 'android' ELSE 'web' END,"
+            " 'dt' || (dev % 5), 'c' || (dev % 10), '1.' || (dev % 5)")
+    with engine.begin() as conn:
+        for offset, kingdom, below, modulo in FUNNEL_STEPS:
+            time_text = f"strftime('%Y-%m-%d %H:%M:%S', t + {offset}, 'unixepoch') || '.000000'"
+            conn.execute(sa.text(common + f"""
+                INSERT INTO events (id, seq, org, app, device_tag, os, device_type, country, app_ver, type, kingdom,
+                                    received_at, event_datetime, event_time)
+                SELECT printf('f{offset:03d}%029x', i), i, '{ORG}', {dims}, 'event', '{kingdom}',
+                       {time_text}, {time_text}, {time_text}
+                FROM e WHERE i % 50 = 0 AND (i / 50) % {modulo} < {below}"""), {"count": events})
+        time_text = "strftime('%Y-%m-%d %H:%M:%S', t - 30 * (i % 100 = 7), 'unixepoch') || '.000000'"
+        conn.execute(sa.text(common + f"""
+            INSERT INTO experiments (id, seq, org, app, device_tag, os, device_type, country, app_ver,
+                                     experiment_name, variant_name, received_at, event_datetime, event_time)
+            SELECT printf('x%031x', i), i, '{ORG}', {dims}, 'exp' || (dev % 2),
+                   CASE (dev / 2) % 2 WHEN 0 THEN 'control' ELSE 'treatment' END, {time_text}, {time_text}, {time_text}
+            FROM e WHERE i % 100 IN (3, 7)"""), {"count": events})
+        conn.exec_driver_sql("ANALYZE")
+
+
+def _pg_fill_funnels(engine: sa.Engine, schema: str, events: int, days: int, dau: int, pool: int) -> None:
+    per_day = events // days
+    start = _epoch(FIRST_DAY)
+    common = f"""
+        WITH e AS (SELECT i, ((i / {per_day}) * 7919 + (i % {dau}) * 104729) % {pool} AS dev,
+                          {start} + (i / {per_day}) * 86400 + (i % {per_day}) * 86400.0 / {per_day} AS t
+                   FROM generate_series(0, :count - 1) AS i)
+    """
+    dims = ("'app-' || (dev % 2), 'dev-' || dev, CASE dev % 3 WHEN 0 THEN 'ios' WHEN 1 THEN 'android' ELSE 'web' END,"
+            " 'dt' || (dev % 5), 'c' || (dev % 10), '1.' || (dev % 5)")
+    with engine.begin() as conn:
+        conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
+        for offset, kingdom, below, modulo in FUNNEL_STEPS:
+            conn.execute(sa.text(common + f"""
+                INSERT INTO "{schema}".events (id, seq, org, app, device_tag, os, device_type, country, app_ver, type,
+                                               kingdom, received_at, event_datetime, event_time)
+                SELECT 'f{offset:03d}' || lpad(to_hex(i), 28, '0'), i, '{ORG}', {dims}, 'event', '{kingdom}',
+                       to_timestamp(t + {offset}), to_timestamp(t + {offset}), to_timestamp(t + {offset})
+                FROM e WHERE i % 50 = 0 AND (i / 50) % {modulo} < {below}"""), {"count": events})
+        conn.execute(sa.text(common + f"""
+            INSERT INTO "{schema}".experiments (id, seq, org, app, device_tag, os, device_type, country, app_ver,
+                                                experiment_name, variant_name, received_at, event_datetime, event_time)
+            SELECT 'x' || lpad(to_hex(i), 31, '0'), i, '{ORG}', {dims}, 'exp' || (dev % 2),
+                   CASE (dev / 2) % 2 WHEN 0 THEN 'control' ELSE 'treatment' END,
+                   to_timestamp(t - 30 * (i % 100 / 7)), to_timestamp(t - 30 * (i % 100 / 7)),
+                   to_timestamp(t - 30 * (i % 100 / 7))
+            FROM e WHERE i % 100 IN (3, 7)"""), {"count": events})
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        for name in ("events", "economy", "experiments"):
+            conn.exec_driver_sql(f'VACUUM ANALYZE "{schema}".{name}')
+
+
+def fill_funnel_data(kind: str, engine: sa.Engine, schema: str, args) -> None:
+    """Add the funnel paths and experiment assignments to the filled database."""
+    if kind == "sqlite":
+        _sqlite_fill_funnels(engine, args.events, args.days, args.dau, args.pool)
+    else:
+        _pg_fill_funnels(engine, schema, args.events, args.days, args.dau, args.pool)
+
+
+def time_funnels_and_experiments(kind: str, client, headers: dict, args) -> list[dict]:
+    """Time each funnel and experiment query (raw events only); returns the rows of their table."""
+    print(f"| database   | {'funnel or experiment query':40} |  p50 ms   p95 ms | users per step; variant users/converted |")
+    rows = []
+    for label, endpoint, params in funnel_queries(args.days):
+        spent = []
+        for _ in range(args.funnel_runs):
+            began = time.perf_counter()
+            answer = client.get(f"/api/v1/analytics/{endpoint}", headers=headers,
+                                query_string={"business_id": ORG, **params})
+            spent.append((time.perf_counter() - began) * 1000)
+            if answer.status_code != 200:
+                raise RuntimeError(f"{label}: {answer.status_code} {answer.data[:300]!r}")
+        row = {"database": kind, "query": label, "p50": statistics.median(spent), "p95": _percentile(spent, 0.95),
+               "answer": _funnel_summary(answer.json)}
+        rows.append(row)
+        print(f"| {kind:10} | {label:40} | {row['p50']:8.1f} {row['p95']:8.1f} | {row['answer']} |", flush=True)
+    return rows
+
+
+def _funnel_summary(answer: dict) -> str:
+    if "steps" in answer:
+        return " > ".join(str(step["users"]) for step in answer["steps"])
+    return "; ".join(f"{v['variant']} {v['users']}/{v['converted']}" for e in answer["experiments"] for v in e["variants"])
+
+
 def _epoch(day: date) -> int:
     return (day - date(1970, 1, 1)).days * 86400
 
@@ -152,7 +282,13 @@ def run_database(kind: str, args) -> list[dict]:
             _sqlite_fill(sql_sink.engine, args.events, args.days, args.dau, args.pool)
         else:
             _pg_fill(sql_sink.engine, schema, args.events, args.days, args.dau, args.pool)
+        fill_funnel_data(kind, sql_sink.engine, schema, args)
         fill_seconds = time.perf_counter() - started
+        client = app.test_client()
+        headers = {"Authorization": f"Bearer {token}"}
+        if args.only == "funnels":
+            print(f"\n{kind}: filled in {fill_seconds:.0f} s", flush=True)
+            return time_funnels_and_experiments(kind, client, headers, args)
         started = time.perf_counter()
         sql_sink.recompute_rollups(ORG, FIRST_DAY, FIRST_DAY + timedelta(days=args.days - 1))
         rollup_seconds = time.perf_counter() - started
@@ -204,6 +340,8 @@ def run_database(kind: str, args) -> list[dict]:
                 row["raw_p95"] = _percentile(timings["raw"], 0.95)
             rows.append(row)
             _print_row(row)
+        if args.only != "dashboard":
+            rows += time_funnels_and_experiments(kind, client, headers, args)
         return rows
     finally:
         sql_sink.close()
@@ -231,6 +369,9 @@ def main() -> None:
     parser.add_argument("--pool", type=int, default=100_000, help="devices in all")
     parser.add_argument("--runs", type=int, default=20, help="runs of each query from the rollups")
     parser.add_argument("--raw-runs", type=int, default=3, help="runs of each query from the raw events (0: skip)")
+    parser.add_argument("--funnel-runs", type=int, default=5, help="runs of each funnel and experiment query")
+    parser.add_argument("--only", choices=("all", "dashboard", "funnels"), default="all",
+                        help="time only the dashboard queries, or only the funnels and experiments (no rollups)")
     parser.add_argument("--databases", default="sqlite,postgresql")
     parser.add_argument("--pg-url", default=os.environ.get("CORTEX_TEST_POSTGRES",
                                                            "postgresql+psycopg://postgres@127.0.0.1:5432/test"))
@@ -240,7 +381,7 @@ def main() -> None:
     everything = []
     for kind in args.databases.split(","):
         everything += run_database(kind.strip(), args)
-    worst = max(row["rollups_p95"] for row in everything)
+    worst = max((row["rollups_p95"] for row in everything if "rollups_p95" in row), default=0)
     print(f"\nslowest p95 from the rollups: {worst:.0f} ms (target: under 200 ms)")
 
 

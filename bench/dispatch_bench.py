@@ -63,7 +63,7 @@ def fill(directory: Path, size: int, total: int, rollups: bool):
     api_key = initialise(state)
     client = app.test_client()
     moment = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
-    now = str(int(time.time()))
+    now = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
     for bundle in range(total // size):
         body = {"api_key": api_key, "app_ver": "2.7.1", "device_tag": f"device-{bundle}", "os": "ios",
                 "os_ver": "17.4.1", "device_type": "iphone", "language": "en",

@@ -67,7 +67,7 @@ def call(app, body: bytes, query: str) -> None:
 def round_cpu(app, api_key: str, size: int, count: int, round_id: int) -> float:
     """CPU seconds of ``count`` requests."""
     prepared = bodies(api_key, size, count, round_id)
-    query = f"current_time={int(time.time())}"
+    query = "current_time=" + time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
     start = time.process_time()
     for body in prepared:
         call(app, body, query)
@@ -102,7 +102,7 @@ def main() -> int:
                 prepared = bodies(api_key, size, count, round_id)
                 profiler.enable()
                 for body in prepared:
-                    call(cortex, body, f"current_time={int(time.time())}")
+                    call(cortex, body, "current_time=" + time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()))
                 profiler.disable()
                 print(f"--- profile, {size}-event bundles, {count} requests")
                 pstats.Stats(profiler).sort_stats("tottime").print_stats(args.profile)

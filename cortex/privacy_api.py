@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 from flask import Blueprint, Response, current_app, jsonify, request
 
+from cortex.analytics.auth import INVALID_TOKEN, InvalidToken, bearer_caller
 from cortex.config import reveal
 from cortex.ingest.body import BodyError, read_json
 from cortex.ingest.views import body_limits
@@ -29,29 +30,39 @@ __all__ = ["authorize_org_admin", "blueprint"]
 blueprint = Blueprint("privacy", __name__)
 
 
-def authorize_org_admin(state, org: str, authorization: str | None) -> tuple[bool, str]:
-    """Whether the ``Authorization`` header grants admin rights on ``org``, and why not.
+def authorize_org_admin(state, org: str, authorization: str | None) -> tuple[int, str] | None:
+    """None when the ``Authorization`` header grants admin rights on ``org``; else the
+    refusal's ``(status, message)``.
 
     The bearer token is either an account's token (``cortex tokens create``) whose user is
     an admin of ``org``, or equal to ``privacy.admin_tokens.<org>`` (a secret reference in
-    the configuration).
+    the configuration).  The refusals tell no more than the analytics API's: 401 without
+    a token; 403 with one message for any token that is neither (unknown, expired, revoked,
+    a disabled user's, or no admin token configured); 404 ``no such org`` for a user who
+    is not a member of ``org``, whether it exists or not; 403 naming the role for a member
+    who is not an admin.
     """
-    scheme, _, token = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        return False, "send the org admin's token: Authorization: Bearer <token>"
+    if not (authorization or "").strip():
+        return 401, "send the org admin's token: Authorization: Bearer <token>"
     from cortex.analytics.setup import accounts_of
 
-    caller = accounts_of(state).caller_for_token(token.strip())
+    try:
+        caller = bearer_caller(accounts_of(state), authorization)
+    except InvalidToken:
+        caller = None
     if caller is not None:
-        if caller.role_in(org) == "admin":
-            return True, ""
-        return False, f"this token is not an admin token of org {org!r}"
+        held = caller.role_in(org)
+        if held is None:
+            return 404, "no such org"
+        if held != "admin":
+            return 403, f"this needs the admin role in {org}; you are {held}"
+        return None
+    scheme, _, token = authorization.partition(" ")
     expected = (state.config["privacy"].get("admin_tokens") or {}).get(org)
-    if expected is None:
-        return False, f"no admin token is configured for org {org!r} (privacy.admin_tokens)"
-    if not hmac.compare_digest(str(reveal(expected)).encode(), token.strip().encode()):
-        return False, f"this token is not an admin token of org {org!r}"
-    return True, ""
+    if (expected is not None and scheme.lower() == "bearer"
+            and hmac.compare_digest(str(reveal(expected)).encode(), token.strip().encode())):
+        return None
+    return 403, INVALID_TOKEN
 
 
 def _error(status: int, message: str, **headers: str) -> Response:
@@ -74,10 +85,15 @@ def _request_subject(state) -> tuple[Subject | None, dict[str, Any], Response | 
     org = body.get("org")
     if not isinstance(org, str) or not org:
         return None, body, _error(400, "org is required")
-    allowed, why = authorize_org_admin(state, org, request.headers.get("Authorization"))
-    if not allowed:
-        status = 401 if "Authorization" not in request.headers else 403
-        return None, body, _error(status, why, **({"WWW-Authenticate": "Bearer"} if status == 401 else {}))
+    refused = authorize_org_admin(state, org, request.headers.get("Authorization"))
+    if refused is not None:
+        status, why = refused
+        headers = {}
+        if status == 401:
+            headers["WWW-Authenticate"] = "Bearer"
+        elif why == INVALID_TOKEN:
+            headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
+        return None, body, _error(status, why, **headers)
     given = {}
     for kind in IDENTITY_KINDS:
         value = body.get(kind)

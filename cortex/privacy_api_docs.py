@@ -18,8 +18,12 @@ JSON_ERRORS = {
                      "has the wrong type; the message says which.", "application/json", "Error"),
     401: ApiResponse("No bearer token: send `Authorization: Bearer <token>`.", "application/json", "Error",
                      headers={"WWW-Authenticate": "Bearer"}),
-    403: ApiResponse("The token is not an admin token of this org, or the org has none "
-                     "(`privacy.admin_tokens`).", "application/json", "Error"),
+    403: ApiResponse("The token is neither a valid account token nor the org's configured admin token "
+                     "(`privacy.admin_tokens`); one answer whatever the reason. Or the token's user is a "
+                     "member of the org without the admin role (the message names the role needed).",
+                     "application/json", "Error"),
+    404: ApiResponse("The token's user is not a member of the org: the same answer as for an org that does "
+                     "not exist.", "application/json", "Error"),
     413: ApiResponse("The body is over the body limits (see the top of this document).", "application/json", "Error"),
     415: ApiResponse("The Content-Encoding is neither gzip nor deflate.", "application/json", "Error"),
 }

@@ -7,7 +7,9 @@ from datetime import timedelta
 
 import pytest
 
-from analytics_data import get, seed
+from analytics_data import get, make_user, seed
+from cortex.accounts import ROLE_RANK
+from cortex.analytics.auth import INVALID_TOKEN
 from cortex.analytics.setup import accounts_of
 
 RANGE = {"start_date": "2024-06-01", "end_date": "2024-06-30"}
@@ -27,6 +29,40 @@ ORG_ENDPOINTS = {
     "/api/v1/analytics/export": ("analyst", {"format": "csv"}),
 }
 
+#: every endpoint of the analytics, account and privacy APIs, by (method, URL rule): the role
+#: it needs in the org asked for (None: any user, about their own account) and how to ask it
+ENDPOINTS = {
+    **{("GET", path): (role, {"query": params}) for path, (role, params) in ORG_ENDPOINTS.items()},
+    ("GET", "/api/v1/analytics/raw-events/<event_id>"): ("analyst", {"path": "/api/v1/analytics/raw-events/" + "0" * 32}),
+    ("GET", "/api/v1/me"): (None, {}),
+    ("GET", "/api/v1/tokens"): (None, {}),
+    ("POST", "/api/v1/tokens"): (None, {"json": {}}),
+    ("DELETE", "/api/v1/tokens/<int:token_id>"): (None, {"path": "/api/v1/tokens/999999"}),
+    ("GET", "/api/v1/orgs/<org>/members"): ("admin", {"path": "/api/v1/orgs/{org}/members"}),
+    # nobody's data: a refusal test that wrongly let a delete through would remove nothing
+    ("POST", "/api/v1/privacy/export"): ("admin", {"json": {"device_tag": "nobody"}}),
+    ("POST", "/api/v1/privacy/delete"): ("admin", {"json": {"device_tag": "nobody", "tombstone": False}}),
+}
+#: the blueprints whose endpoints ENDPOINTS must cover
+API_BLUEPRINTS = ("analytics_api.", "privacy.")
+ORG_SCOPED = sorted(key for key, (role, _) in ENDPOINTS.items() if role)
+
+
+def call(cortex, endpoint: tuple[str, str], authorization: str | None, org: str = "demo"):
+    """Ask ``endpoint`` about ``org`` with the ``Authorization`` header given (None: none)."""
+    method, rule = endpoint
+    _, how = ENDPOINTS[endpoint]
+    path = how.get("path", rule).format(org=org)
+    headers = {"Authorization": authorization} if authorization is not None else {}
+    if rule.startswith("/api/v1/privacy/"):
+        return cortex.client.open(path, method=method, json={"org": org, **how["json"]}, headers=headers)
+    query = {"business_id": org, **RANGE, **how.get("query", {})} if "analytics" in rule else {}
+    return cortex.client.open(path, method=method, query_string=query, json=how.get("json"), headers=headers)
+
+
+def bearer(token: str) -> str:
+    return f"Bearer {token}"
+
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
@@ -34,14 +70,22 @@ def world(tmp_path_factory):
 
     cortex = Cortex(tmp_path_factory.mktemp("isolation") / "data")
     tokens = seed(cortex)
+    accounts = accounts_of(cortex.state)
+    tokens["expired"], _ = accounts.create_token("admin@demo.example", expires_in=timedelta(seconds=-1))
+    tokens["revoked"], record = accounts.create_token("admin@demo.example")
+    accounts.revoke_token(record["id"])
+    tokens["disabled"] = make_user(cortex, "gone@demo.example", "demo", "admin")
+    accounts.set_disabled("gone@demo.example")
     return cortex, tokens
 
 
 def test_every_api_endpoint_is_covered(world):
     cortex, _ = world
-    rules = {rule.rule for rule in cortex.app.url_map.iter_rules() if rule.rule.startswith("/api/v1/analytics/")}
-    covered = set(ORG_ENDPOINTS) | {"/api/v1/analytics/raw-events/<event_id>"}
-    assert rules == covered, "a new analytics endpoint needs its isolation test"
+    endpoints = {(method, rule.rule) for rule in cortex.app.url_map.iter_rules()
+                 if rule.endpoint.startswith(API_BLUEPRINTS) for method in rule.methods - {"HEAD", "OPTIONS"}}
+    assert endpoints == set(ENDPOINTS), "a new API endpoint needs its isolation tests (ENDPOINTS)"
+    analytics = {rule.rule for rule in cortex.app.url_map.iter_rules() if rule.rule.startswith("/api/v1/analytics/")}
+    assert analytics <= {rule for _, rule in ENDPOINTS}
 
 
 @pytest.mark.parametrize("path", sorted(ORG_ENDPOINTS))
@@ -53,42 +97,45 @@ def test_members_with_the_role_get_their_data(world, path):
     assert b"rival" not in answer.data and b"r1" not in answer.data
 
 
-@pytest.mark.parametrize("path", sorted(ORG_ENDPOINTS))
-def test_another_orgs_token_learns_nothing(world, path):
+@pytest.mark.parametrize("endpoint", ORG_SCOPED, ids="{0[0]} {0[1]}".format)
+def test_another_orgs_token_learns_nothing(world, endpoint):
     cortex, tokens = world
-    _, params = ORG_ENDPOINTS[path]
-    existing = get(cortex, path, tokens["rival"], business_id="demo", **RANGE, **params)
-    missing = get(cortex, path, tokens["rival"], business_id="no-such-org", **RANGE, **params)
+    existing = call(cortex, endpoint, bearer(tokens["rival"]), org="demo")
+    missing = call(cortex, endpoint, bearer(tokens["rival"]), org="no-such-org")
     assert existing.status_code == missing.status_code == 404
-    assert existing.json == missing.json
-    # the same through ?org=, and for an admin of the other org without arguments
-    assert get(cortex, path, tokens["rival"], org="demo").status_code == 404
+    assert existing.json == missing.json == {"error": "no such org"}
 
 
-@pytest.mark.parametrize("path", sorted(p for p, (role, _) in ORG_ENDPOINTS.items() if role == "analyst"))
-def test_viewer_is_refused_analyst_endpoints(world, path):
+def test_another_orgs_token_through_org_argument(world):
     cortex, tokens = world
-    _, params = ORG_ENDPOINTS[path]
-    answer = get(cortex, path, tokens["viewer"], business_id="demo", **RANGE, **params)
-    assert answer.status_code == 403
-    assert "analyst" in answer.json["error"]
+    for path in ORG_ENDPOINTS:
+        assert get(cortex, path, tokens["rival"], org="demo").status_code == 404
 
 
-@pytest.mark.parametrize("path", sorted(ORG_ENDPOINTS) + ["/api/v1/me", "/api/v1/tokens"])
-def test_expired_revoked_and_made_up_tokens_are_refused_alike(world, path):
-    cortex, _ = world
-    accounts = accounts_of(cortex.state)
-    expired, _ = accounts.create_token("admin@demo.example", expires_in=timedelta(seconds=-1))
-    revoked, record = accounts.create_token("admin@demo.example")
-    accounts.revoke_token(record["id"])
-    _, params = ORG_ENDPOINTS.get(path, (None, {}))
-    answers = [
-        get(cortex, path, token, business_id="demo", **RANGE, **params)
-        for token in (expired, revoked, "ctx_" + "A" * 43, "not-a-token", None)
-    ]
-    assert {a.status_code for a in answers} == {401}
-    assert len({a.json["error"] for a in answers[:4]}) == 1
-    assert all(a.headers["WWW-Authenticate"].startswith("Bearer") for a in answers)
+@pytest.mark.parametrize("endpoint", [e for e in ORG_SCOPED if ENDPOINTS[e][0] != "viewer"], ids="{0[0]} {0[1]}".format)
+def test_lower_roles_are_refused(world, endpoint):
+    cortex, tokens = world
+    needed = ENDPOINTS[endpoint][0]
+    for role in ("viewer", "analyst", "admin"):
+        if ROLE_RANK[role] >= ROLE_RANK[needed]:
+            continue
+        answer = call(cortex, endpoint, bearer(tokens[role]))
+        assert answer.status_code == 403, (role, answer.data)
+        assert answer.json == {"error": f"this needs the {needed} role in demo; you are {role}"}
+
+
+@pytest.mark.parametrize("endpoint", sorted(ENDPOINTS), ids="{0[0]} {0[1]}".format)
+def test_expired_revoked_disabled_and_made_up_tokens_are_refused_alike(world, endpoint):
+    cortex, tokens = world
+    refused = [call(cortex, endpoint, authorization) for authorization in (
+        bearer(tokens["expired"]), bearer(tokens["revoked"]), bearer(tokens["disabled"]),
+        bearer("ctx_" + "A" * 43), bearer("not-a-token"), "Bearer", "Basic YWRtaW46YWRtaW4=")]
+    assert [a.status_code for a in refused] == [403] * len(refused)
+    assert all(a.json == {"error": INVALID_TOKEN} for a in refused)
+    assert all(a.headers["WWW-Authenticate"] == 'Bearer error="invalid_token"' for a in refused)
+    # no credentials at all: 401, which tells a client to log in or send a token
+    anonymous = call(cortex, endpoint, None)
+    assert anonymous.status_code == 401 and anonymous.headers["WWW-Authenticate"].startswith("Bearer")
 
 
 def test_event_ids_guessed_across_orgs_are_404(world):

@@ -33,7 +33,7 @@ from cortex_sql.day_bitmaps import define_bitmap_tables
 from cortex_sql.rollups import define_rollup_tables
 from cortex_sql.tables import build_tables
 
-HEAD = "0005"
+HEAD = "0007"
 
 
 # --- the conformance suite ------------------------------------------------------------------

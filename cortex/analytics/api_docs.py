@@ -14,9 +14,11 @@ SECURITY = ("UserToken",)
 ERRORS = {
     400: ApiResponse("Invalid arguments; `reasons` names each one and what is wrong.", "application/json",
                      "AnalyticsError"),
-    401: ApiResponse("No token, or one that is unknown, expired or revoked (the same answer for all).",
+    401: ApiResponse("No credentials at all: no bearer token and no login session.",
                      "application/json", "AnalyticsError", headers={"WWW-Authenticate": "Bearer"}),
-    403: ApiResponse("The caller's role in the org is too low; the message names the role needed.",
+    403: ApiResponse("The bearer token is not valid: unknown, malformed, expired, revoked, or its user is "
+                     "disabled (one answer for all, with `WWW-Authenticate: Bearer error=\"invalid_token\"`); "
+                     "or the caller's role in the org is too low (the message names the role needed).",
                      "application/json", "AnalyticsError"),
     404: ApiResponse("Not one of the caller's orgs (or ids): the same answer whether it exists or not.",
                      "application/json", "AnalyticsError"),
@@ -85,7 +87,7 @@ def describe_api(docs: ApiDocs) -> None:
         "get", "/api/v1/me", "me", "The caller: email and role per org", tag=ACCOUNTS_TAG, security=SECURITY,
         responses={200: ApiResponse("The caller.", "application/json", {
             "type": "object", "properties": {"email": {"type": "string"}, "roles": {"type": "object"}}}),
-            **_errors(401)},
+            **_errors(401, 403)},
     ))
     docs.component("Token", S.TokenSchema)
     docs.operation(Operation(
@@ -93,18 +95,18 @@ def describe_api(docs: ApiDocs) -> None:
         tag=ACCOUNTS_TAG, security=SECURITY,
         responses={200: ApiResponse("The tokens.", "application/json", {
             "type": "object", "properties": {"items": {"type": "array", "items": {"type": "object"}}}}),
-            **_errors(401)},
+            **_errors(401, 403)},
     ))
     docs.operation(Operation(
         "post", "/api/v1/tokens", "createToken", "A new token for the caller, shown once in the answer",
         tag=ACCOUNTS_TAG, security=SECURITY, request_body=RequestBody(S.TokenRequestSchema, required=False),
-        responses={201: ApiResponse("The token.", "application/json", "Token"), **_errors(400, 401)},
+        responses={201: ApiResponse("The token.", "application/json", "Token"), **_errors(400, 401, 403)},
     ))
     docs.operation(Operation(
         "delete", "/api/v1/tokens/{token_id}", "revokeToken", "Revoke one of the caller's tokens",
         tag=ACCOUNTS_TAG, security=SECURITY,
         parameters=({"in": "path", "name": "token_id", "required": True, "schema": {"type": "integer", "minimum": 0}},),
-        responses={200: ApiResponse("Revoked.", "application/json", {"type": "object"}), **_errors(401, 404)},
+        responses={200: ApiResponse("Revoked.", "application/json", {"type": "object"}), **_errors(401, 403, 404)},
     ))
     docs.operation(Operation(
         "get", "/api/v1/orgs/{org}/members", "orgMembers", "The org's users and their roles",

@@ -5,8 +5,13 @@ effect at once).  Without it, the signed session cookie of the web login is used
 that changes something on a session must then also carry the session's CSRF token in
 ``X-CSRF-Token``, so that another site cannot make the browser do it.
 
-Missing, malformed, unknown, expired and revoked credentials all get the same ``401``
-(RFC 6750's ``invalid_token``): the answer does not tell which.
+The answers a caller without valid credentials gets:
+
+* no credentials at all (no ``Authorization`` header, no login session): ``401`` with
+  ``WWW-Authenticate: Bearer``, which tells a client to log in or send a token;
+* a presented token that is not valid (unknown, malformed, expired, revoked, or its user is
+  disabled): ``403`` with one body for every reason (:data:`INVALID_TOKEN`), so the answer
+  does not tell which, and ``WWW-Authenticate: Bearer error="invalid_token"``.
 """
 
 from __future__ import annotations
@@ -19,9 +24,24 @@ from cortex.accounts import AccountStore, Caller
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
+#: the one message of every refused token, whatever the reason
+INVALID_TOKEN = ("the bearer token is not valid (unknown, expired or revoked, or its user is disabled); "
+                 "create a new one: cortex tokens create EMAIL")
+
 
 class Unauthenticated(Exception):
-    """No valid credentials; answered 401 with ``WWW-Authenticate: Bearer``."""
+    """No credentials at all; answered 401 with ``WWW-Authenticate: Bearer``."""
+
+
+class InvalidToken(Exception):
+    """Credentials were sent and are not valid; answered 403 with :data:`INVALID_TOKEN`."""
+
+    def __init__(self) -> None:
+        super().__init__(INVALID_TOKEN)
+
+
+class SessionRefused(Exception):
+    """A login session's changing request without its CSRF token; answered 403."""
 
 
 def accounts() -> AccountStore:
@@ -31,16 +51,24 @@ def accounts() -> AccountStore:
     return accounts_of(current_app.extensions["cortex"])
 
 
+def bearer_caller(store: AccountStore, header: str) -> Caller:
+    """The caller an ``Authorization`` header's bearer token acts for, or :class:`InvalidToken`
+    (another scheme, an empty, unknown, expired or revoked token, a disabled user)."""
+    scheme, _, token = header.partition(" ")
+    caller = store.caller_for_token(token.strip()) if scheme.lower() == "bearer" and token.strip() else None
+    if caller is None:
+        raise InvalidToken()
+    return caller
+
+
 def current_caller() -> Caller:
-    """The caller of this request, or :class:`Unauthenticated`."""
+    """The caller of this request; :class:`Unauthenticated`, :class:`InvalidToken` or
+    :class:`SessionRefused` when there is none."""
     if "caller" in g:
         return g.caller
     header = request.headers.get("Authorization", "")
-    if header:
-        scheme, _, token = header.partition(" ")
-        caller = accounts().caller_for_token(token.strip()) if scheme.lower() == "bearer" else None
-        if caller is None:
-            raise Unauthenticated("the bearer token is not valid (unknown, expired or revoked)")
+    if header.strip():
+        caller = bearer_caller(accounts(), header)
     else:
         user_id = session.get("user_id")
         caller = accounts().caller(user_id) if isinstance(user_id, int) else None
@@ -50,6 +78,7 @@ def current_caller() -> Caller:
             try:
                 validate_csrf(request.headers.get("X-CSRF-Token"))
             except (CSRFError, CSRFValidationError):
-                raise Unauthenticated("a request made with the login session needs its X-CSRF-Token header") from None
+                raise SessionRefused("a request made with the login session needs its X-CSRF-Token header "
+                                     "(the csrf_token of the dashboard page)") from None
     g.caller = caller
     return caller

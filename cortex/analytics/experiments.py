@@ -7,7 +7,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from cortex.analytics.scope import Scope
-from cortex.analytics.sqlfuncs import count_distinct
+from cortex.analytics.sqlfuncs import bytewise, count_distinct
 from cortex.analytics.stream import event_stream
 
 
@@ -19,39 +19,28 @@ def experiments(scope: Scope, filters: dict[str, Any]) -> dict[str, Any]:
     A device counts in the variant of its first assignment to the experiment in the range;
     an empty variant (``variant_name: false``, "left the experiment") is left out.
     """
-    table = scope.table("experiments")
-    conditions = [table.c.event_time >= filters["start"], table.c.event_time < filters["end"],
-                  table.c.variant_name != ""]
-    for argument in ("app", "os", "device_type", "country", "app_ver"):
-        if filters.get(argument):
-            conditions.append(table.c[argument].in_(filters[argument]))
-    if filters.get("experiment"):
-        conditions.append(table.c.experiment_name == filters["experiment"])
-    first = (
-        sa.select(table.c.experiment_name.label("experiment"), table.c.device_tag.label("device"),
-                  sa.func.min(table.c.event_time).label("assigned"))
-        .where(*conditions).group_by(table.c.experiment_name, table.c.device_tag).subquery("first")
-    )
-    assignments = (
-        sa.select(first.c.experiment, first.c.device, first.c.assigned, sa.func.min(table.c.variant_name).label("variant"))
-        .select_from(first.join(table, (table.c.device_tag == first.c.device)
-                                & (table.c.experiment_name == first.c.experiment)
-                                & (table.c.event_time == first.c.assigned)))
-        .group_by(first.c.experiment, first.c.device, first.c.assigned).subquery("assignments")
-    )
+    assignments = _assignments(scope, filters)
     base = {k: v for k, v in filters.items() if k != "event_type"}
-    stream = event_stream(scope, base)
-    after = stream.c.time >= assignments.c.assigned
-    converted = sa.case(((stream.c.type == filters["conversion_event"]) & after, stream.c.device), else_=None)
-    revenue = sa.case((after, stream.c.revenue_usd), else_=None)
+    # conversions and revenue each join only the events that can count: the conversion
+    # event's rows, and the rows with revenue (not every event of the range)
+    conversions = event_stream(scope, base, types=[filters["conversion_event"]], columns=("device", "time"))
+    converted = _per_variant(assignments, conversions,
+                             count_distinct(scope.dialect, assignments.c.device).label("converted"))
+    payments = event_stream(scope, base, columns=("device", "time", "revenue_usd"), paying_only=True)
+    revenue = _per_variant(assignments, payments, sa.func.sum(payments.c.revenue_usd).label("revenue_usd"))
+    assigned = (
+        sa.select(assignments.c.experiment, assignments.c.variant, sa.func.count().label("users"))
+        .group_by(assignments.c.experiment, assignments.c.variant).subquery("assigned")
+    )
+
+    def same_variant(other: sa.Subquery):
+        return (other.c.experiment == assigned.c.experiment) & (other.c.variant == assigned.c.variant)
+
     query = (
-        sa.select(assignments.c.experiment, assignments.c.variant,
-                  count_distinct(scope.dialect, assignments.c.device),
-                  count_distinct(scope.dialect, converted),
-                  sa.func.coalesce(sa.func.sum(revenue), 0.0))
-        .select_from(assignments.outerjoin(stream, stream.c.device == assignments.c.device))
-        .group_by(assignments.c.experiment, assignments.c.variant)
-        .order_by(assignments.c.experiment, assignments.c.variant)
+        sa.select(assigned.c.experiment, assigned.c.variant, assigned.c.users,
+                  sa.func.coalesce(converted.c.converted, 0), sa.func.coalesce(revenue.c.revenue_usd, 0.0))
+        .select_from(assigned.outerjoin(converted, same_variant(converted)).outerjoin(revenue, same_variant(revenue)))
+        .order_by(assigned.c.experiment, assigned.c.variant)
     )
     found: dict[str, dict[str, Any]] = {}
     with scope.connect() as conn:
@@ -64,3 +53,40 @@ def experiments(scope: Scope, filters: dict[str, Any]) -> dict[str, Any]:
                 "revenue_per_user": round(float(revenue_usd) / users, 6) if users else None,
             })
     return {"conversion_event": filters["conversion_event"], "experiments": list(found.values())}
+
+
+def _assignments(scope: Scope, filters: dict[str, Any]) -> sa.CTE:
+    """Each device's first assignment to each experiment in the range: ``experiment``,
+    ``device``, ``assigned`` (the time) and ``variant`` (the least, when several share
+    that time), computed once (a materialised CTE)."""
+    table = scope.table("experiments")
+    conditions = [table.c.event_time >= filters["start"], table.c.event_time < filters["end"],
+                  table.c.variant_name != ""]
+    for argument in ("app", "os", "device_type", "country", "app_ver"):
+        if filters.get(argument):
+            conditions.append(table.c[argument].in_(filters[argument]))
+    if filters.get("experiment"):
+        conditions.append(table.c.experiment_name == filters["experiment"])
+    experiment, device = bytewise(scope.dialect, table.c.experiment_name), bytewise(scope.dialect, table.c.device_tag)
+    order = sa.func.row_number().over(partition_by=(experiment, device),
+                                      order_by=(table.c.event_time, table.c.variant_name))
+    ranked = (
+        sa.select(experiment.label("experiment"), device.label("device"),
+                  table.c.event_time.label("assigned"), table.c.variant_name.label("variant"), order.label("rank"))
+        .where(*conditions).subquery("ranked")
+    )
+    return (
+        sa.select(ranked.c.experiment, ranked.c.device, ranked.c.assigned, ranked.c.variant)
+        .where(ranked.c.rank == 1).cte("assignments").prefix_with("MATERIALIZED")
+    )
+
+
+def _per_variant(assignments: sa.CTE, stream: sa.Subquery, measure) -> sa.Subquery:
+    """``measure`` per experiment and variant over the ``stream`` events each assigned device
+    sent at or after its assignment."""
+    return (
+        sa.select(assignments.c.experiment, assignments.c.variant, measure)
+        .select_from(assignments.join(stream, stream.c.device == assignments.c.device))
+        .where(stream.c.time >= assignments.c.assigned)
+        .group_by(assignments.c.experiment, assignments.c.variant).subquery()
+    )

@@ -8,7 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from cortex.analytics.scope import Scope
-from cortex.analytics.sqlfuncs import epoch
+from cortex.analytics.sqlfuncs import bytewise, plus_seconds
 from cortex.analytics.stream import event_stream
 
 
@@ -25,38 +25,8 @@ def funnel(scope: Scope, filters: dict[str, Any]) -> dict[str, Any]:
     A device enters at its first first-step event in the range; each later step is its
     earliest matching event after the step before.
     """
-    who = filters["by"]
-    window = filters["window"]
-    dialect = scope.dialect
-    base = {k: v for k, v in filters.items() if k != "event_type"}
-    reached = None
-    counts_queries = []
-    for index, step in enumerate(filters["steps"]):
-        event_type, kingdom = parse_step(step)
-        step_filters = dict(base)
-        if kingdom:
-            step_filters["kingdom"] = [kingdom]
-        if index > 0:
-            # later steps may happen after the range ends, within the window
-            step_filters["end"] = base["end"] + timedelta(seconds=window)
-        stream = event_stream(scope, step_filters, types=[event_type])
-        at = epoch(dialect, stream.c.time)
-        if reached is None:
-            reached = (
-                sa.select(stream.c[who].label("who"), sa.func.min(at).label("start"), sa.func.min(at).label("at"))
-                .group_by(stream.c[who]).subquery(f"step{index}")
-            )
-        else:
-            previous = reached
-            reached = (
-                sa.select(previous.c.who, sa.func.min(previous.c.start).label("start"), sa.func.min(at).label("at"))
-                .select_from(previous.join(stream, stream.c[who] == previous.c.who))
-                .where(at >= previous.c.at, at <= previous.c.start + window)
-                .group_by(previous.c.who).subquery(f"step{index}")
-            )
-        counts_queries.append(sa.select(sa.func.count()).select_from(reached))
     with scope.connect() as conn:
-        counts = [conn.execute(query).scalar_one() for query in counts_queries]
+        counts = list(conn.execute(_counts_query(scope, filters)).one())
     steps = []
     for index, (step, users) in enumerate(zip(filters["steps"], counts)):
         steps.append({
@@ -66,4 +36,54 @@ def funnel(scope: Scope, filters: dict[str, Any]) -> dict[str, Any]:
             "conversion_from_previous": (round(users / counts[index - 1], 6) if counts[index - 1] else None)
             if index else 1.0 if users else None,
         })
-    return {"window": window, "by": who, "steps": steps}
+    return {"window": filters["window"], "by": filters["by"], "steps": steps}
+
+
+def _counts_query(scope: Scope, filters: dict[str, Any]) -> sa.Select:
+    """One select of the number reaching each step.
+
+    Each step is a materialised CTE of ``(who, at, deadline)``: when the device reached it,
+    and until when the window lets it go on.  A later step's events are read through the
+    ``(org, type, time)`` / ``(org, kingdom, type, time)`` indexes, only for the devices still in
+    the funnel, and only their device and time; times are compared as stored (exact, and
+    nothing is converted per event).  Every step is computed once.
+    """
+    who = filters["by"]
+    window = filters["window"]
+    base = {k: v for k, v in filters.items() if k != "event_type"}
+    reached = None
+    counts = []
+    for index, step in enumerate(filters["steps"]):
+        event_type, kingdom = parse_step(step)
+        step_filters = dict(base)
+        if kingdom:
+            step_filters["kingdom"] = [kingdom]
+        if index > 0:
+            # later steps may happen after the range ends, within the window
+            step_filters["end"] = base["end"] + timedelta(seconds=window)
+        stream = event_stream(scope, step_filters, types=[event_type], columns=(who, "time"))
+        device = bytewise(scope.dialect, stream.c[who])
+        if reached is None:
+            first = (sa.select(device.label("who"), sa.func.min(stream.c.time).label("at"))
+                     .group_by(device).subquery("first"))
+            reached = _materialised(
+                sa.select(first.c.who, first.c.at, plus_seconds(scope.dialect, first.c.at, window).label("deadline")),
+                f"step{index}")
+        else:
+            previous = reached
+            events = _materialised(
+                sa.select(device.label("who"), stream.c.time.label("at"))
+                .where(device.in_(sa.select(previous.c.who))), f"events{index}")
+            reached = _materialised(
+                sa.select(previous.c.who, sa.func.min(events.c.at).label("at"), previous.c.deadline)
+                .select_from(previous.join(events, events.c.who == previous.c.who))
+                .where(events.c.at >= previous.c.at, events.c.at <= previous.c.deadline)
+                .group_by(previous.c.who, previous.c.deadline), f"step{index}")
+        counts.append(sa.select(sa.func.count()).select_from(reached).scalar_subquery())
+    return sa.select(*counts)
+
+
+def _materialised(select: sa.Select, name: str) -> sa.CTE:
+    """``select`` as a CTE that the database computes once (both SQLite and PostgreSQL
+    would otherwise inline one that is used once, and re-run it per outer row)."""
+    return select.cte(name).prefix_with("MATERIALIZED")

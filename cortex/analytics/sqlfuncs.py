@@ -47,6 +47,17 @@ def epoch(dialect: str, moment):
     return sa.extract("epoch", moment)
 
 
+def plus_seconds(dialect: str, moment, seconds: int):
+    """``moment`` plus whole ``seconds``, as a value of the same kind as the stored times, so
+    that it compares with them exactly (no floating-point epoch, no per-row conversion)."""
+    if dialect == "sqlite":
+        # the sink stores 'YYYY-MM-DD HH:MM:SS.ffffff': shift the whole seconds, keep the
+        # microseconds as they are (SQLite's date functions would round them to milliseconds)
+        shifted = sa.func.strftime("%Y-%m-%d %H:%M:%S", sa.func.substr(moment, 1, 19), f"+{int(seconds)} seconds")
+        return shifted.op("||")(sa.func.substr(moment, 20))
+    return moment + sa.func.make_interval(0, 0, 0, 0, 0, 0, int(seconds))
+
+
 def day_bucket(dialect: str, day, size: str):
     """The label of the ``size`` bucket (day, week or month) a DATE column's day falls in.
 
@@ -57,6 +68,14 @@ def day_bucket(dialect: str, day, size: str):
     if dialect == "sqlite":
         return _SQLITE_BUCKETS[size](day)
     return sa.func.to_char(sa.func.date_trunc(size, sa.cast(day, sa.DateTime)), _PG_FORMATS[size])
+
+
+def bytewise(dialect: str, value):
+    """``value`` compared bytewise (``COLLATE "C"`` on PostgreSQL) when it is grouped,
+    sorted or joined on: ids need no language collation, and it is several times faster."""
+    if dialect == "postgresql":
+        return value.collate("C")
+    return value
 
 
 def count_distinct(dialect: str, value):

@@ -35,6 +35,8 @@ TRACK_TABLES = {
     "messages": ("message_send", "message_click"),
     "experiments": ("experiment",),
 }
+#: the track tables whose events can carry revenue (the interactions table can too)
+PAYING_TABLES = ("economy",)
 #: every Data Cortex event type
 TRACK_TYPES = frozenset(t for types in TRACK_TABLES.values() for t in types)
 
@@ -105,25 +107,40 @@ def _conditions(columns: dict[str, Any], filters: dict[str, Any], types: Iterabl
 
 
 def event_stream(scope: Scope, filters: dict[str, Any], types: Iterable[str] | None = None,
-                 with_time_range: bool = True) -> sa.Subquery:
+                 with_time_range: bool = True, columns: Iterable[str] = COLUMNS,
+                 paying_only: bool = False) -> sa.Subquery:
     """The scope's events matching ``filters`` (and of ``types``, when given) as one subquery.
 
     ``types`` defaults to ``filters["event_type"]``.  With ``with_time_range=False`` the
     date range is left out (for "first seen" questions that look at all history).
+    ``columns`` names the stream columns to select (all by default): a query that needs
+    only a few saves computing the others on every row.  ``paying_only`` keeps only the
+    events with a ``revenue_usd`` (so only the tables that can hold one are read).
     """
+    return _union(scope, filters, types, with_time_range, tuple(columns), paying_only).subquery("stream")
+
+
+def _union(scope: Scope, filters: dict[str, Any], types: Iterable[str] | None, with_time_range: bool,
+           names: tuple[str, ...], paying_only: bool) -> sa.CompoundSelect:
     types = list(types) if types is not None else filters.get("event_type")
     if not with_time_range:
         filters = {**filters, "start": _EPOCH, "end": _FAR}
-    selects = []
+    sources = []
     for name, table_types in TRACK_TABLES.items():
         if types and not set(types) & set(table_types):
             continue
-        columns = _track_columns(scope.table(name), name)
-        selects.append(sa.select(*(columns[n].label(n) for n in COLUMNS)).where(*_conditions(columns, filters, types)))
+        if paying_only and name not in PAYING_TABLES:
+            continue
+        sources.append(_track_columns(scope.table(name), name))
     if not types or set(types) - TRACK_TYPES:
-        columns = _interaction_columns(scope.table("interactions"))
-        selects.append(sa.select(*(columns[n].label(n) for n in COLUMNS)).where(*_conditions(columns, filters, types)))
-    return sa.union_all(*selects).subquery("stream")
+        sources.append(_interaction_columns(scope.table("interactions")))
+    selects = []
+    for columns in sources:
+        conditions = _conditions(columns, filters, types)
+        if paying_only:
+            conditions.append(columns["revenue_usd"].is_not(None))
+        selects.append(sa.select(*(columns[n].label(n) for n in names)).where(*conditions))
+    return sa.union_all(*selects)
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)

@@ -16,7 +16,7 @@ from marshmallow import ValidationError
 from cortex.accounts import ROLE_RANK
 from cortex.analytics import export, listing
 from cortex.analytics import schemas as S
-from cortex.analytics.auth import Unauthenticated, accounts, current_caller
+from cortex.analytics.auth import InvalidToken, SessionRefused, Unauthenticated, accounts, current_caller
 from cortex.analytics.catalog import QUERIES
 from cortex.analytics.planner import answer
 from cortex.analytics.scope import AccessDenied, Scope, not_found, scope_for
@@ -30,14 +30,26 @@ blueprint = Blueprint("analytics_api", __name__, url_prefix="/api/v1")
 def _error(status: int, message: str, **more: Any) -> Response:
     response = jsonify({"error": message, **more})
     response.status_code = status
-    if status == 401:
-        response.headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
     return response
 
 
 @blueprint.errorhandler(Unauthenticated)
 def _unauthenticated(error: Unauthenticated):
-    return _error(401, str(error))
+    response = _error(401, str(error))
+    response.headers["WWW-Authenticate"] = "Bearer"
+    return response
+
+
+@blueprint.errorhandler(InvalidToken)
+def _invalid_token(error: InvalidToken):
+    response = _error(403, str(error))
+    response.headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
+    return response
+
+
+@blueprint.errorhandler(SessionRefused)
+def _session_refused(error: SessionRefused):
+    return _error(403, str(error))
 
 
 @blueprint.errorhandler(AccessDenied)

@@ -185,6 +185,16 @@ def _first_present(value: Any, fallback: Any) -> Any:
     return fallback if value is None else value
 
 
+def _add(totals: dict[tuple, list], key: tuple, count: int, revenue: float) -> None:
+    """Add ``count`` events and ``revenue`` to the totals of ``key``."""
+    found = totals.get(key)
+    if found is None:
+        totals[key] = [count, revenue]
+    else:
+        found[0] += count
+        found[1] += revenue
+
+
 def _earlier(a: Any, b: Any) -> Any:
     """The earlier of two days, either of which may be None."""
     if a is None:
@@ -374,12 +384,7 @@ class RollupWriter:
                 app_ver if app_ver.__class__ is str and len(app_ver) <= 16 else _text(app_ver, 16),
                 source if source.__class__ is str and len(source) <= 256 else _text(source, 256),
             )
-            total = sums.get(fitted)
-            if total is None:
-                sums[fitted] = [count, revenue]
-            else:
-                total[0] += count
-                total[1] += revenue
+            _add(sums, fitted, count, revenue)
         return sums
 
     def _day(self, time: Any, days: dict[str, Any]) -> Any:
@@ -407,13 +412,7 @@ class RollupWriter:
         for key, (count, revenue) in sums.items():
             org, day, app, device, event_type = key[:5]
             dimensions = key[6:]
-            group_key = key[:3] + key[4:]
-            totals = groups.get(group_key)
-            if totals is None:
-                groups[group_key] = [count, revenue]
-            else:
-                totals[0] += count
-                totals[1] += revenue
+            _add(groups, key[:3] + key[4:], count, revenue)
             bit = TYPE_BITS.get(event_type, OTHER_TYPE_BIT)
             day_key = (org, day, app, device)
             row = device_days.get(day_key)
@@ -438,12 +437,7 @@ class RollupWriter:
         for key, (count, revenue) in groups.items():
             head = key[:5]  # org, day, app, type, kingdom
             for slice_key in (head + ("", ""), *(head + pair for pair in zip(SLICED, key[5:]))):
-                totals = events.get(slice_key)
-                if totals is None:
-                    events[slice_key] = [count, revenue]
-                else:
-                    totals[0] += count
-                    totals[1] += revenue
+                _add(events, slice_key, count, revenue)
         self._first_days(connection, device_days, devices)
         connection.exec_driver_sql(self.sql.events, [(*key, *totals) for key, totals in events.items()])
         connection.exec_driver_sql(self.sql.device_days, [(*key, *row) for key, row in device_days.items()])

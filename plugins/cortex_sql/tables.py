@@ -260,6 +260,17 @@ def build_tables(
             metadata,
             *columns,
             sa.Index(f"ix_{name}_org_{time_column}", "org", time_column),
+            *(sa.Index(f"ix_{name}_org_{'_'.join(c[:-1])}", "org", *c) for c in STEP_INDEXES.get(family.table, ())),
             schema=schema,
         )
     return tables
+
+
+#: table -> the columns after ``org`` of its indexes for reading one kind of event in a time
+#: range (a funnel's steps, an experiment's conversions), the device column last so that the
+#: index alone answers "which devices, when" (migration 0006)
+STEP_INDEXES = {
+    "events": (("type", "event_time", "device_tag"), ("kingdom", "type", "event_time", "device_tag")),
+    "messages": (("type", "event_time", "device_tag"),),
+    "interactions": (("event_type", "event_time", "user_id"),),
+}

@@ -3,8 +3,8 @@
 Frozen definitions as of this revision (see :mod:`cortex_sql.day_bitmaps` for what they
 hold).  Both tables start empty and fill as queries need them.
 
-Revision ID: 0005
-Revises: 0004
+Revision ID: 0007
+Revises: 0006
 Create Date: 2026-11-24
 """
 
@@ -13,8 +13,8 @@ from alembic import op
 
 from cortex_sql.migrate import migration_options
 
-revision = "0005"
-down_revision = "0004"
+revision = "0007"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
