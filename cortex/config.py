@@ -106,9 +106,6 @@ DEFAULTS: dict[str, Any] = {
         "enricher_timeout": 10.0,
         # seconds between attempts to open an enricher that failed to open
         "enricher_reopen_interval": 30.0,
-        # the interpreter's thread switch interval in the worker that runs the embedded
-        # dispatcher (seconds; 0: Python's default, 0.005)
-        "switch_interval": 0.005,
     },
     "interactions": {
         # events in one POST /api/v1/interactions/batch

@@ -21,7 +21,6 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-import sys
 import random
 import threading
 import time
@@ -370,11 +369,6 @@ def start_embedded(state) -> threading.Thread | None:
             if stop.wait(1.0):
                 return
         log.info("process %d is the dispatcher", os.getpid())
-        switch_interval = float(state.config["dispatcher"].get("switch_interval") or 0)
-        if switch_interval > 0:
-            # the request thread of this worker waits for the dispatcher's thread to hand
-            # over the interpreter lock at most this long after each socket or disk call
-            sys.setswitchinterval(switch_interval)
         dispatcher = Dispatcher(state)
         dispatcher.start()
         stop.wait()
