@@ -76,8 +76,8 @@ def _sqlite_fill(engine: sa.Engine, events: int, days: int, dau: int, pool: int)
                      {start} + (i / {per_day}) * 86400 + (i % {per_day}) * 86400 / {per_day} AS t FROM n)
     """
     time_text = "strftime('%Y-%m-%d %H:%M:%S', t, 'unixepoch') || '.000000'"
-    dims = (f"'app-' || (dev % 2), 'dev-' || dev, CASE dev % 3 WHEN 0 THEN 'ios' WHEN 1 THEN 'android' ELSE 'web' END,"
-            f" 'dt' || (dev % 5), 'c' || (dev % 10), '1.' || (dev % 5)")
+    dims = ("'app-' || (dev % 2), 'dev-' || dev, CASE dev % 3 WHEN 0 THEN 'ios' WHEN 1 THEN 'android' ELSE 'web' END,"
+            " 'dt' || (dev % 5), 'c' || (dev % 10), '1.' || (dev % 5)")
     with engine.begin() as conn:
         conn.execute(sa.text(common + f"""
             INSERT INTO events (id, seq, org, app, device_tag, os, device_type, country, app_ver, type, kingdom,

@@ -20,7 +20,6 @@ The ratios are against the floor, measured in the same run.
 from __future__ import annotations
 
 import argparse
-import os
 import sqlite3
 import sys
 import tempfile

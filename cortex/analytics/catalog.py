@@ -10,7 +10,7 @@ from marshmallow import Schema
 
 from functools import partial
 
-from cortex.analytics import counts, experiments, funnels, revenue, users
+from cortex.analytics import experiments, funnels
 from cortex.analytics import schemas as S
 from cortex.analytics.planner import answer
 
