@@ -346,12 +346,17 @@ def run_database(kind: str, args) -> list[dict]:
     finally:
         sql_sink.close()
         state.extras.get("analytics_store") and state.extras["analytics_store"].dispose()
-        if kind == "postgresql":
-            engine = sa.create_engine(args.pg_url)
-            with engine.begin() as conn:
-                conn.execute(sa.schema.DropSchema(schema, cascade=True, if_exists=True))
-            engine.dispose()
-        shutil.rmtree(data_dir, ignore_errors=True)
+        remove_database(kind, args.pg_url, schema, data_dir)
+
+
+def remove_database(kind: str, pg_url: str, schema: str, data_dir) -> None:
+    """Drop a run's PostgreSQL schema (``kind`` "postgresql") and its data directory."""
+    if kind == "postgresql":
+        engine = sa.create_engine(pg_url)
+        with engine.begin() as conn:
+            conn.execute(sa.schema.DropSchema(schema, cascade=True, if_exists=True))
+        engine.dispose()
+    shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def _print_row(row: dict) -> None:

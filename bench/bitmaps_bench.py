@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import sys
 import tempfile
@@ -23,7 +22,6 @@ import uuid
 from datetime import timedelta
 from pathlib import Path
 
-import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -82,12 +80,7 @@ def run_database(kind: str, args) -> None:
     finally:
         sink.close()
         store.dispose()
-        if kind == "postgresql":
-            engine = sa.create_engine(args.pg_url)
-            with engine.begin() as conn:
-                conn.execute(sa.schema.DropSchema(schema, cascade=True, if_exists=True))
-            engine.dispose()
-        shutil.rmtree(data_dir, ignore_errors=True)
+        data.remove_database(kind, args.pg_url, schema, data_dir)
 
 
 def main() -> None:

@@ -6,7 +6,6 @@ as third-party ones, through their distribution's entry points.
 
 from __future__ import annotations
 
-import importlib.metadata
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 

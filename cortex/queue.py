@@ -439,7 +439,6 @@ class SQLiteQueue:
         """Delete up to ``batch`` entries that every sink in ``sinks`` has; returns how many."""
         if not sinks:
             return 0
-        conn = self.reader
         marks = [self.cursor(sink) for sink in sinks]
         floor = min(marks)
         cur = self._write(

@@ -11,7 +11,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from cortex.dispatcher import Dispatcher
 from cortex.sinks import PermanentError, SinkContext
 from cortex.testing import SinkConformance, make_record, sample_records
 from cortex_http import register_sinks

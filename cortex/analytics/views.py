@@ -205,12 +205,18 @@ for _name in QUERIES:
     blueprint.add_url_rule(f"/analytics/{_name}", view_func=_query_view(_name), methods=["GET"])
 
 
+def _page_arguments(scope: Scope) -> dict:
+    """A listing's arguments, its ``limit`` capped at ``analytics.max_page_size``."""
+    arguments = _arguments(S.ListingSchema, scope)
+    arguments["limit"] = min(arguments["limit"], current_app.extensions["cortex"].config["analytics"]["max_page_size"])
+    return arguments
+
+
 @blueprint.get("/analytics/raw-events")
 def raw_events():
     """A page of raw events, newest first; follow ``next_cursor`` for the next page."""
     scope = _scope("analyst")
-    arguments = _arguments(S.ListingSchema, scope)
-    arguments["limit"] = min(arguments["limit"], current_app.extensions["cortex"].config["analytics"]["max_page_size"])
+    arguments = _page_arguments(scope)
     return jsonify(listing.list_events(scope, arguments))
 
 
@@ -225,8 +231,7 @@ def raw_event(event_id: str):
 def ingest_errors():
     """A page of the ingest error log: what the org's clients sent that was refused, and why."""
     scope = _scope("analyst")
-    arguments = _arguments(S.ListingSchema, scope)
-    arguments["limit"] = min(arguments["limit"], current_app.extensions["cortex"].config["analytics"]["max_page_size"])
+    arguments = _page_arguments(scope)
     return jsonify(listing.list_errors(scope, arguments))
 
 

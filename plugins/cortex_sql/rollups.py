@@ -479,10 +479,6 @@ class RollupWriter:
             connection.exec_driver_sql(self.sql.devices, changed)
 
 
-def _as_date(value: Any) -> date:
-    return value if isinstance(value, date) else date.fromisoformat(str(value))
-
-
 # -- from the raw tables ----------------------------------------------------------------------
 def _sql_day(dialect: str, moment):
     if dialect == "sqlite":
