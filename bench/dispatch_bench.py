@@ -2,8 +2,9 @@
 
     .venv/bin/python bench/dispatch_bench.py [--events 20000] [--sizes 1,10,100]
 
-For bundles of 1, 10 and 100 events (the mix of ``bench/ingest.lua``: 6 ``event``,
-2 ``economy``, 1 ``dau``, 1 ``install`` in every ten, one device per bundle) it posts
+For bundles of 1, 10 and 100 events (the mix and times of ``bench/ingest.lua``: 6
+``event``, 2 ``economy``, 1 ``dau``, 1 ``install`` in every ten, 3 s apart, one device per
+bundle) it posts
 ``--events`` events through the ingest API (in-process, the dispatcher not running), then
 drains the queue in this thread and measures CPU and wall time per event:
 
@@ -61,12 +62,14 @@ def fill(directory: Path, size: int, total: int, rollups: bool):
     state = app.extensions["cortex"]
     api_key = initialise(state)
     client = app.test_client()
-    moment = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
-    now = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
+    start = time.time()
+    now = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(start))
+    # as bench/ingest.lua: a bundle's events 3 s apart, the last one 3 s ago
+    moments = [time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(start - (size - i) * 3)) for i in range(size)]
     for bundle in range(total // size):
         body = {"api_key": api_key, "app_ver": "2.7.1", "device_tag": f"device-{bundle}", "os": "ios",
                 "os_ver": "17.4.1", "device_type": "iphone", "language": "en",
-                "events": [event(MIX[i % 10], bundle * 1000 + i, moment) for i in range(size)]}
+                "events": [event(MIX[i % 10], bundle * 1000 + i, moments[i]) for i in range(size)]}
         answer = client.post(f"/demo/1/track?current_time={now}", data=orjson.dumps(body),
                              content_type="text/plain")
         assert answer.status_code == 200, answer.data

@@ -16,6 +16,13 @@ open a write transaction: a waiting process wakes the moment the lock is free, w
 SQLite's own busy handler would sleep for milliseconds.  WAL checkpoints are left to the
 dispatcher's housekeeping (``checkpoint()``), so requests do not pay for them.
 
+Each dedupe key is stored behind its device's four-byte group
+(:func:`cortex.ingest.pipeline.key_group`), so the keys of one bundle are neighbours in the
+dedupe index and a commit writes one or two of its pages, not one page per event.  Queues
+that held keys before grouping existed keep storing them plain (``PRAGMA user_version``
+records which layout a queue has), so retries of events accepted before an upgrade are
+still recognised.
+
 An entry stores what its records share (org, app, bundle fields, request context) once,
 and each record only its own fields; :meth:`SQLiteQueue.read` gives whole records back.
 """
@@ -33,6 +40,10 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
 import orjson
+
+#: ``PRAGMA user_version`` of a queue whose dedupe keys are stored plain (it held keys
+#: before grouping existed) and of one that stores them behind their group
+PLAIN_KEYS, GROUPED_KEYS = 1, 2
 
 #: pages the WAL may grow to before a writer checkpoints it itself (the dispatcher normally
 #: does it first); bounds the WAL when no dispatcher runs
@@ -118,6 +129,9 @@ class Submission:
     #: after the commit: the keys of this submission that were new (the others were
     #: duplicates); the set the commit computes anyway, so reporting it costs nothing
     fresh_keys: "set[bytes] | frozenset[bytes]" = frozenset()
+    #: the group the dedupe keys are stored behind (see the module docstring); all the
+    #: keys of a submission share it, and one event always gets the same one
+    key_group: bytes = b""
 
 
 @dataclass
@@ -144,6 +158,7 @@ class SQLiteQueue:
         self._cond = threading.Condition()
         self._pending: list[tuple[Submission, dict]] = []
         self._committing = False
+        self._groups_keys: bool | None = None
 
     # connections ------------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
@@ -161,6 +176,7 @@ class SQLiteQueue:
         if self._pid != os.getpid():
             self._pid = os.getpid()
             self._writer = None
+            self._groups_keys = None
             self._lock_file = None
             self._local = threading.local()
 
@@ -205,6 +221,7 @@ class SQLiteQueue:
         try:
             conn.executescript(SCHEMA)
             _add_missing_columns(conn)
+            _settle_key_layout(conn)
         finally:
             conn.close()
 
@@ -261,6 +278,8 @@ class SQLiteQueue:
 
     def _commit_locked(self, group: list[tuple[Submission, dict]]) -> None:
         conn = self.writer
+        if self._groups_keys is None:
+            self._groups_keys = conn.execute("PRAGMA user_version").fetchone()[0] == GROUPED_KEYS
         now = time.time()
         seen = int(now)
         conn.execute("BEGIN IMMEDIATE")
@@ -269,7 +288,8 @@ class SQLiteQueue:
             entries = []
             error_rows = []
             for submission, _ in group:
-                fresh = self._claim_keys(conn, submission.accepted + submission.rejected, seen)
+                group = submission.key_group if self._groups_keys else b""
+                fresh = self._claim_keys(conn, submission.accepted + submission.rejected, seen, group)
                 submission.fresh_keys = fresh
                 records = [record for key, record in submission.accepted if key in fresh]
                 rejected = [record for key, record in submission.rejected if key in fresh]
@@ -315,9 +335,10 @@ class SQLiteQueue:
             raise
 
     @staticmethod
-    def _claim_keys(conn, keyed: list[tuple[bytes, dict]], seen: int) -> set[bytes]:
-        """Insert the dedupe keys; the ones returned were not there before."""
+    def _claim_keys(conn, keyed: list[tuple[bytes, dict]], seen: int, group: bytes) -> set[bytes]:
+        """Insert the dedupe keys behind ``group``; the ones returned were not there before."""
         fresh: set[bytes] = set()
+        skip = len(group)
         # SQLite allows 32766 variables per statement; stay well below
         for start in range(0, len(keyed), 500):
             chunk = keyed[start:start + 500]
@@ -328,9 +349,9 @@ class SQLiteQueue:
             )
             params: list = []
             for key, _ in chunk:
-                params.append(key)
+                params.append(group + key)
                 params.append(seen)
-            fresh.update(row[0] for row in conn.execute(sql, params))
+            fresh.update(row[0][skip:] for row in conn.execute(sql, params))
         return fresh
 
     # dispatch ------------------------------------------------------------------------------
@@ -550,6 +571,21 @@ class SQLiteQueue:
     def iter_all(self) -> Iterator[Entry]:
         """Every entry still queued (for tests and tools)."""
         yield from self.read(0, 10**12)
+
+
+def _settle_key_layout(conn: sqlite3.Connection) -> None:
+    """Record the dedupe key layout of a queue that has none yet: grouped when it holds no
+    keys, plain when it holds keys from a version that stored them plain."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if conn.execute("PRAGMA user_version").fetchone()[0] == 0:
+            has_keys = conn.execute("SELECT 1 FROM dedupe LIMIT 1").fetchone() is not None
+            conn.execute(f"PRAGMA user_version = {PLAIN_KEYS if has_keys else GROUPED_KEYS}")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
 
 
 def _add_missing_columns(conn: sqlite3.Connection) -> None:

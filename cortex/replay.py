@@ -111,7 +111,8 @@ def replay_errors(state, org: str | None = None) -> dict:
         if not outcome.accepted:
             still_invalid += 1
             continue
-        submission = state.queue.submit(Submission(owner.org, owner.app_id, outcome.accepted, [], outcome.shared))
+        submission = state.queue.submit(Submission(owner.org, owner.app_id, outcome.accepted, [], outcome.shared,
+                                                   key_group=outcome.key_group))
         accepted += submission.accepted_count
         replayed_ids.append(row["id"])
     state.queue.mark_errors_replayed(replayed_ids)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 
+import orjson
+
 from conftest import iso
 from cortex.queue import SQLiteQueue, Submission
 
@@ -67,3 +69,49 @@ def test_records_of_one_entry_share_no_mutable_fields(cortex):
     first["warnings"].append("added by an enricher")
     first["extra"]["added"] = True
     assert "added by an enricher" not in second["warnings"] and "added" not in second["extra"]
+
+
+def dedupe_keys(queue: SQLiteQueue) -> list[bytes]:
+    return [row[0] for row in queue.reader.execute("SELECT key FROM dedupe ORDER BY rowid")]
+
+
+def test_one_bundles_keys_are_stored_side_by_side_and_retries_are_still_duplicates(cortex):
+    events = [{"type": "event", "kingdom": "k", "event_index": i, "event_datetime": iso()} for i in range(20)]
+    assert cortex.post(cortex.bundle(events)).status_code == 200
+    assert cortex.post(cortex.bundle(events, device_tag="device-2")).status_code == 200
+    keys = dedupe_keys(cortex.state.queue)
+    # each device's keys share their first four bytes (their group), so they are neighbours
+    # in the dedupe index whatever their events' times
+    assert len(keys) == 40 and {len(key) for key in keys} == {20}
+    assert len({key[:4] for key in keys[:20]}) == 1 and len({key[:4] for key in keys[20:]}) == 1
+    assert keys[0][:4] != keys[20][:4]
+    # the record ids are the keys without the group
+    assert sorted(record["id"] for record in cortex.records()) == sorted(key[4:].hex() for key in keys)
+    assert cortex.post(cortex.bundle(events)).status_code == 200
+    assert cortex.state.queue.counters()["demo"] == {"accepted": 40, "duplicate": 20, "rejected": 0}
+
+
+def test_a_queue_with_keys_from_before_grouping_keeps_recognising_their_retries(tmp_path):
+    from conftest import Cortex
+    from cortex.app import create_app
+
+    first = Cortex(tmp_path / "data")
+    old_bundle = first.bundle([{"type": "dau", "event_datetime": iso()}])
+    assert first.post(old_bundle).status_code == 200
+    # make the queue what a version that stored keys plain left behind
+    writer = first.state.queue.reader
+    writer.execute("UPDATE dedupe SET key = substr(key, 5)")
+    writer.execute("PRAGMA user_version = 0")
+    first.state.queue.close()
+
+    app = create_app(overrides={"data_dir": str(tmp_path / "data"), "logging": {"level": "WARNING"}})
+    upgraded = app.extensions["cortex"].queue
+    client = app.test_client()
+
+    def post(bundle):
+        return client.post(f"/demo/1/track?current_time={iso()}", data=orjson.dumps(bundle), content_type="text/plain")
+
+    assert post(old_bundle).status_code == 200
+    assert post(first.bundle([{"type": "install", "event_datetime": iso()}])).status_code == 200
+    assert upgraded.counters()["demo"] == {"accepted": 2, "duplicate": 1, "rejected": 0}
+    assert {len(key) for key in dedupe_keys(upgraded)} == {16}

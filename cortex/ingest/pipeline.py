@@ -105,6 +105,8 @@ class Outcome:
     rejected: list[tuple[bytes, dict]] = field(default_factory=list)
     #: what every accepted record shares (org, app, bundle fields, request context)
     shared: dict = field(default_factory=dict)
+    #: the bundle's device's :func:`key_group` (empty: keys not grouped)
+    key_group: bytes = b""
 
 
 _DAY_MS: dict[str, int] = {}
@@ -144,6 +146,19 @@ def dedupe_key(*parts: Any, at: str | None = None) -> bytes:
 
 def _digest(material: str) -> bytes:
     return hashlib.blake2b(material.encode("utf-8", "surrogatepass"), digest_size=10).digest()
+
+
+def key_group(app_id: int, device_tag: Any) -> bytes:
+    """Four bytes shared by the dedupe keys of every event of one device of an app.
+
+    The queue files each key behind its group, so the keys of one bundle sit side by side in
+    the dedupe index: a commit then writes a page or two of it instead of one page per event
+    (keys alone spread over the index by event time).  ``device_tag`` is the bundle's value
+    as sent, which is also part of every key's material, so one event always gets the same
+    group.
+    """
+    material = f"{app_id}\x1f{'' if device_tag is None else device_tag}"
+    return hashlib.blake2b(material.encode("utf-8", "surrogatepass"), digest_size=4).digest()
 
 
 def content_key(app_id: int, device_tag: Any, event: Any, occurrence: int, at: str | None = None) -> bytes:
@@ -196,7 +211,7 @@ class _BundleRecords:
             "kind": endpoint,
             "received_at": timing.received_text,
         }
-        self.outcome = Outcome()
+        self.outcome = Outcome(key_group=key_group(owner.app_id, self.device_tag))
         self._occurrences: dict[bytes, int] = {}
 
     def content_key(self, event: Any, at: str | None = None) -> bytes:

@@ -134,7 +134,8 @@ def ingest(org: str, endpoint: str) -> Response:
         return _refuse(state, owner, outcome, "no valid event in the bundle: " + _describe(outcome))
     if outcome.rejected:
         _tag_rejected(outcome)
-    submission = Submission(owner.org, owner.app_id, outcome.accepted, outcome.rejected, outcome.shared)
+    submission = Submission(owner.org, owner.app_id, outcome.accepted, outcome.rejected, outcome.shared,
+                            key_group=outcome.key_group)
     try:
         state.queue.submit(submission)
     except QueueUnavailable as error:
@@ -161,7 +162,7 @@ def _count(state, submission: Submission, reason: str | None = None) -> None:
 def _refuse(state, owner, outcome: Outcome, message: str, reason: str | None = None) -> Response:
     """Log the bundle's events in the ingest error log and answer 400."""
     _tag_rejected(outcome)
-    submission = Submission(owner.org, owner.app_id, [], outcome.rejected)
+    submission = Submission(owner.org, owner.app_id, [], outcome.rejected, key_group=outcome.key_group)
     try:
         state.queue.submit(submission)
     except QueueUnavailable as error:

@@ -95,21 +95,34 @@ def _sqlite_text(moment: datetime) -> str:
     )
 
 
+#: canonical timestamp -> its SQLite text; the records of a batch repeat their times (a
+#: bundle's received_at, events sent together), so most conversions are a lookup
+_SQLITE_TEXTS: dict[str, str] = {}
+_MAX_SQLITE_TEXTS = 8192
+
+
 def sqlite_datetime(value: Any) -> str:
     """A timestamp as SQLAlchemy's SQLite ``DateTime`` stores it: UTC text, microseconds.
 
     ``2024-06-01T13:45:30.123Z`` → ``2024-06-01 13:45:30.123000``.  Raises ``ValueError``
     (or ``ValidationError``) for a value that is not a date and time.
     """
-    if (
-        value.__class__ is str
-        and len(value) == 24
-        and value[4:20:3] == "--T::."  # 2024-06-01T13:45:30.123Z
-        and value[23] == "Z"
-        and value[11:13] < "24"  # no 24:00, which a newer fromisoformat might take
-    ):
-        _check_iso(value)  # a real date and time (digits where digits go), or ValueError
-        return value[:23].replace("T", " ") + "000"
+    if value.__class__ is str:
+        text = _SQLITE_TEXTS.get(value)
+        if text is not None:
+            return text
+        if (
+            len(value) == 24
+            and value[4:20:3] == "--T::."  # 2024-06-01T13:45:30.123Z
+            and value[23] == "Z"
+            and value[11:13] < "24"  # no 24:00, which a newer fromisoformat might take
+        ):
+            _check_iso(value)  # a real date and time (digits where digits go), or ValueError
+            text = value[:23].replace("T", " ") + "000"
+            if len(_SQLITE_TEXTS) >= _MAX_SQLITE_TEXTS:
+                _SQLITE_TEXTS.clear()
+            _SQLITE_TEXTS[value] = text
+            return text
     return _sqlite_text(_utc_datetime(value))
 
 

@@ -334,6 +334,8 @@ class RollupWriter:
             time = record.get("event_time")
             if time is None:
                 continue
+            if time.__class__ is str and time[10:11] == "T" and time[-1:] == "Z":
+                time = time[:10]  # canonical: its day is all a rollup keeps
             if kind == "track":
                 device = record.get("device_tag")
                 if not device:
@@ -390,7 +392,9 @@ class RollupWriter:
     def _day(self, time: Any, days: dict[str, Any]) -> Any:
         """A record time's UTC day, as the database's ``Date`` column takes it (``days``
         keeps the conversions of one batch)."""
-        if time.__class__ is str and time[-1:] == "Z" and time[10:11] == "T":  # canonical, UTC
+        if time.__class__ is str and len(time) == 10:  # a canonical time's day (see _sums)
+            text = time
+        elif time.__class__ is str and time[-1:] == "Z" and time[10:11] == "T":  # canonical, UTC
             text = time[:10]
         else:  # normalise() made a date; any other form is parsed
             text = (time if time.__class__ is date else _day(time)).isoformat()
