@@ -60,10 +60,11 @@ CREATE TABLE IF NOT EXISTS entries (
 );
 -- lets the queue's depth in records be summed from the index alone (metrics, backpressure)
 CREATE INDEX IF NOT EXISTS entries_count ON entries (count);
+-- one b-tree, keyed by the key (queues made before it have a rowid table and a unique index)
 CREATE TABLE IF NOT EXISTS dedupe (
-    key BLOB NOT NULL UNIQUE,
+    key BLOB PRIMARY KEY,
     seen INTEGER NOT NULL
-);
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS cursors (
     sink TEXT PRIMARY KEY,
     seq INTEGER NOT NULL,
@@ -159,6 +160,10 @@ class SQLiteQueue:
         self._pending: list[tuple[Submission, dict]] = []
         self._committing = False
         self._groups_keys: bool | None = None
+        #: whether the dedupe table is a rowid table (queues made before it was not), and
+        #: where the next sweep of a table without rowids starts
+        self._dedupe_has_rowids: bool | None = None
+        self._dedupe_sweep = b""
 
     # connections ------------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
@@ -470,15 +475,37 @@ class SQLiteQueue:
         return cur.rowcount
 
     def prune_dedupe(self, window_seconds: float, batch: int = 20000) -> int:
-        """Forget up to ``batch`` dedupe keys older than the window; returns how many."""
+        """Forget the dedupe keys older than the window among the next ``batch`` keys looked
+        at; returns how many.  Each call looks at ``batch`` keys only, never the whole table
+        (which would hold the writer lock for seconds at millions of keys)."""
         cutoff = int(time.time() - window_seconds)
-        # rowids grow with time: only the oldest ``batch`` rows are looked at, never the
-        # whole table (which would hold the writer lock for seconds at millions of keys)
-        cur = self._write(
-            "DELETE FROM dedupe WHERE rowid IN (SELECT rowid FROM dedupe ORDER BY rowid LIMIT ?) AND seen < ?",
-            (batch, cutoff),
-        )
-        return cur.rowcount
+        if self._dedupe_has_rowids is None:
+            sql = self.reader.execute("SELECT sql FROM sqlite_master WHERE name = 'dedupe'").fetchone()[0]
+            self._dedupe_has_rowids = "WITHOUT ROWID" not in sql.upper()
+        if self._dedupe_has_rowids:
+            # rowids grow with time: the oldest keys are the first rows
+            cur = self._write(
+                "DELETE FROM dedupe WHERE rowid IN (SELECT rowid FROM dedupe ORDER BY rowid LIMIT ?) AND seen < ?",
+                (batch, cutoff),
+            )
+            return cur.rowcount
+        # keys are in group order, not time order: sweep the table, ``batch`` keys a call,
+        # from where the last call stopped, starting over at the end
+        start = self._dedupe_sweep
+        with self.write_lock():
+            conn = self.reader
+            last = conn.execute(
+                "SELECT key FROM dedupe WHERE key > ? ORDER BY key LIMIT 1 OFFSET ?", (start, batch - 1)
+            ).fetchone()
+            if last is None:
+                cur = conn.execute("DELETE FROM dedupe WHERE key > ? AND seen < ?", (start, cutoff))
+                self._dedupe_sweep = b""
+            else:
+                cur = conn.execute(
+                    "DELETE FROM dedupe WHERE key > ? AND key <= ? AND seen < ?", (start, last[0], cutoff)
+                )
+                self._dedupe_sweep = last[0]
+            return cur.rowcount
 
     def checkpoint(self) -> None:
         """Copy the WAL back into the database without waiting for readers (housekeeping)."""
