@@ -293,8 +293,8 @@ class SQLiteQueue:
             entries = []
             error_rows = []
             for submission, _ in group:
-                group = submission.key_group if self._groups_keys else b""
-                fresh = self._claim_keys(conn, submission.accepted + submission.rejected, seen, group)
+                prefix = submission.key_group if self._groups_keys else b""
+                fresh = self._claim_keys(conn, submission.accepted + submission.rejected, seen, prefix)
                 submission.fresh_keys = fresh
                 records = [record for key, record in submission.accepted if key in fresh]
                 rejected = [record for key, record in submission.rejected if key in fresh]
@@ -340,10 +340,11 @@ class SQLiteQueue:
             raise
 
     @staticmethod
-    def _claim_keys(conn, keyed: list[tuple[bytes, dict]], seen: int, group: bytes) -> set[bytes]:
-        """Insert the dedupe keys behind ``group``; the ones returned were not there before."""
+    def _claim_keys(conn, keyed: list[tuple[bytes, dict]], seen: int, prefix: bytes) -> set[bytes]:
+        """Insert the dedupe keys behind ``prefix``; the ones returned (without it) were not
+        there before."""
         fresh: set[bytes] = set()
-        skip = len(group)
+        skip = len(prefix)
         # SQLite allows 32766 variables per statement; stay well below
         for start in range(0, len(keyed), 500):
             chunk = keyed[start:start + 500]
@@ -354,7 +355,7 @@ class SQLiteQueue:
             )
             params: list = []
             for key, _ in chunk:
-                params.append(group + key)
+                params.append(prefix + key)
                 params.append(seen)
             fresh.update(row[0][skip:] for row in conn.execute(sql, params))
         return fresh
