@@ -45,6 +45,10 @@ import orjson
 #: before grouping existed) and of one that stores them behind their group
 PLAIN_KEYS, GROUPED_KEYS = 1, 2
 
+#: keys of one request from which the commit first assumes they are all new (see
+#: ``_claim_keys``); below it, asking which are new costs less than the extra statements
+ASSUME_NEW_KEYS = 16
+
 #: pages the WAL may grow to before a writer checkpoints it itself (the dispatcher normally
 #: does it first); bounds the WAL when no dispatcher runs
 WAL_AUTOCHECKPOINT_PAGES = 16384
@@ -348,16 +352,25 @@ class SQLiteQueue:
         # SQLite allows 32766 variables per statement; stay well below
         for start in range(0, len(keyed), 500):
             chunk = keyed[start:start + 500]
-            sql = (
-                "INSERT OR IGNORE INTO dedupe (key, seen) VALUES "
-                + ",".join(["(?,?)"] * len(chunk))
-                + " RETURNING key"
-            )
+            sql = "INSERT OR IGNORE INTO dedupe (key, seen) VALUES " + ",".join(["(?,?)"] * len(chunk))
             params: list = []
             for key, _ in chunk:
                 params.append(prefix + key)
                 params.append(seen)
-            fresh.update(row[0][skip:] for row in conn.execute(sql, params))
+            if len(chunk) >= ASSUME_NEW_KEYS:
+                # nearly always every key is new: insert without RETURNING (a third cheaper
+                # at 100 keys) and count the rows added; only when some key was there
+                # already, undo the insert and ask which keys are new
+                conn.execute("SAVEPOINT claim")
+                before = conn.total_changes
+                conn.execute(sql, params)
+                if conn.total_changes - before == len(chunk):
+                    conn.execute("RELEASE claim")
+                    fresh.update(key for key, _ in chunk)
+                    continue
+                conn.execute("ROLLBACK TO claim")
+                conn.execute("RELEASE claim")
+            fresh.update(row[0][skip:] for row in conn.execute(sql + " RETURNING key", params))
         return fresh
 
     # dispatch ------------------------------------------------------------------------------

@@ -149,3 +149,17 @@ def test_a_queue_made_with_a_rowid_dedupe_table_prunes_its_oldest_rows(tmp_path)
     queue.submit(Submission("org", 1, keyed("new", 5), []))
     assert queue.prune_dedupe(7 * 86400) == 5
     assert queue.submit(Submission("org", 1, keyed("new", 5) + keyed("old", 5), [])).accepted_count == 5
+
+
+def test_a_large_submission_with_some_keys_seen_before_keeps_only_the_new_records(tmp_path):
+    queue = SQLiteQueue(str(tmp_path / "q.db"))
+    queue.create_schema()
+    first = queue.submit(Submission("org", 1, keyed("a", 30), [], key_group=b"grp1"))
+    assert (first.accepted_count, first.duplicate_count) == (30, 0)
+    # 20 keys seen before among 40: the commit's first guess (all new) is wrong and undone
+    second = queue.submit(Submission("org", 1, keyed("a", 20) + keyed("b", 20), [], key_group=b"grp1"))
+    assert (second.accepted_count, second.duplicate_count) == (20, 20)
+    assert second.fresh_keys == {key for key, _ in keyed("b", 20)}
+    stored = [record["id"] for entry in queue.iter_all() for record in entry.records]
+    assert sorted(stored) == sorted([f"a{i}" for i in range(30)] + [f"b{i}" for i in range(20)])
+    assert queue.reader.execute("SELECT count(*) FROM dedupe").fetchone()[0] == 50
