@@ -300,8 +300,8 @@ class SQLiteQueue:
                 prefix = submission.key_group if self._groups_keys else b""
                 fresh = self._claim_keys(conn, submission.accepted + submission.rejected, seen, prefix)
                 submission.fresh_keys = fresh
-                records = [record for key, record in submission.accepted if key in fresh]
-                rejected = [record for key, record in submission.rejected if key in fresh]
+                records = _once_each(submission.accepted, fresh)
+                rejected = _once_each(submission.rejected, fresh)
                 submission.accepted_count = len(records)
                 submission.duplicate_count = (
                     len(submission.accepted) + len(submission.rejected) - len(records) - len(rejected)
@@ -612,6 +612,19 @@ class SQLiteQueue:
     def iter_all(self) -> Iterator[Entry]:
         """Every entry still queued (for tests and tools)."""
         yield from self.read(0, 10**12)
+
+
+def _once_each(keyed: list[tuple[bytes, dict]], fresh: set[bytes]) -> list[dict]:
+    """The records whose key is new, each key once: two events of one bundle with the same
+    key (an SDK that sent one ``event_index`` twice) are one event, and the second is a
+    duplicate like any retry."""
+    taken: set[bytes] = set()
+    records = []
+    for key, record in keyed:
+        if key in fresh and key not in taken:
+            taken.add(key)
+            records.append(record)
+    return records
 
 
 def _settle_key_layout(conn: sqlite3.Connection) -> None:

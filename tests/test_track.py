@@ -162,6 +162,20 @@ def test_retried_bundle_stores_nothing_twice(cortex):
     assert counts["accepted"] == 7 and counts["duplicate"] == 14
 
 
+def test_one_event_index_sent_twice_in_a_bundle_is_one_event(cortex):
+    # an SDK that numbers two events alike sent one event twice: the second is a duplicate,
+    # and the counters agree with what the sink stores
+    events = [dict(EVENTS["event"], event_index=7), dict(EVENTS["event"], event_index=7)]
+    events += [dict(EVENTS["event"], event_index=i) for i in range(10, 30)]  # a commit past 16 keys
+    events.append(dict(EVENTS["event"], event_index=12))
+    assert cortex.post(cortex.bundle(events)).status_code == 200
+    cortex.deliver()
+    assert cortex.sql("SELECT count(*) FROM events") == [(21,)]
+    counts = cortex.state.queue.counters()["demo"]
+    assert counts["accepted"] == 21 and counts["duplicate"] == 2
+    assert cortex.state.queue.sink_status(["sql"])["sql"]["delivered"] == 21
+
+
 def test_retry_after_partial_failure_only_adds_what_is_new(cortex):
     first = [dict(EVENTS["event"], event_index=i) for i in range(3)]
     assert cortex.post(cortex.bundle(first)).status_code == 200
