@@ -25,9 +25,11 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from cortex.analytics.scope import Scope
 
-#: event type -> its bit in ``rollup_device_days.types`` (as :mod:`cortex_sql.rollups`)
+#: event type -> its bit in ``rollup_device_days.types`` (as :mod:`cortex_sql.rollups`);
+#: every other type (generic API) has ``OTHER_TYPE_BIT``
 TYPE_BITS = {"install": 1, "dau": 2, "event": 4, "economy": 8, "link": 16, "message_send": 32,
-             "message_click": 64, "experiment": 128, "other": 256}
+             "message_click": 64, "experiment": 128}
+OTHER_TYPE_BIT = 256
 DIMENSION_SLICES = ("os", "device_type", "country", "app_ver", "source")
 ALL, TYPE, PAYING, NEW, INSTALL = "", "type", "paying", "new", "install"
 #: rows of ``app = ""``: first install in any app, and the mark that a day was built
@@ -101,7 +103,7 @@ def prepare(scope: Scope, first: date, last: date) -> int:
         return 0
     bitmaps = scope.filled_table("rollup_bitmaps")
     with scope.connect() as conn:
-        built_days = {_as_date(d) for d in conn.scalars(sa.select(bitmaps.c.day).where(
+        built_days = {as_date(d) for d in conn.scalars(sa.select(bitmaps.c.day).where(
             bitmaps.c.org == scope.org, bitmaps.c.day >= days[0], bitmaps.c.day <= days[-1], bitmaps.c.slice == BUILT))}
     missing = [d for d in days if d not in built_days]
     load(scope, missing, ())
@@ -116,7 +118,7 @@ def _stored(conn: sa.Connection, bitmaps: sa.Table, org: str, days: list[date], 
         bitmaps.c.org == org, bitmaps.c.day >= days[0], bitmaps.c.day <= days[-1], bitmaps.c.slice.in_(sorted(slices)))
     found: dict[date, DayBitmaps] = defaultdict(dict)
     for day, app, slice_, value, blob in conn.execute(query):
-        day = _as_date(day)
+        day = as_date(day)
         if day in wanted_days:
             found[day][(app, slice_, value)] = BitMap.deserialize(blob)
     return found
@@ -144,10 +146,10 @@ def _build(conn: sa.Connection, scope: Scope, days: list[date], slices: set[str]
         return slices is None or name in slices
 
     dimensions = [(i, name) for i, name in enumerate(DIMENSION_SLICES) if wanted(name)]
-    type_bits = tuple(TYPE_BITS.items()) if wanted(TYPE) else ()
+    type_bits = (*TYPE_BITS.items(), ("other", OTHER_TYPE_BIT)) if wanted(TYPE) else ()
     new, paying = wanted(NEW), wanted(PAYING)
     for day, app, number, *values, types, is_first, revenue in rows:
-        day_members = members[_as_date(day)]
+        day_members = members[as_date(day)]
         day_members[(app, ALL, "")].append(number)
         for i, name in dimensions:
             day_members[(app, name, values[i])].append(number)
@@ -198,7 +200,7 @@ def _add_installs(conn: sa.Connection, scope: Scope, days: list[date],
         .where(devices.c.org == org, devices.c.install_day.in_(days))
     )
     for day, app, number, first_anywhere in conn.execute(installs):
-        day_members = members[_as_date(day)]
+        day_members = members[as_date(day)]
         day_members[(app, INSTALL, "")].append(number)
         if first_anywhere:
             day_members[("", COHORT, "")].append(number)
@@ -217,7 +219,8 @@ def _store(conn: sa.Connection, bitmaps: sa.Table, org: str, built: dict[date, D
         conn.execute(statement, rows)
 
 
-def _as_date(value: Any) -> date:
+def as_date(value: Any) -> date:
+    """A day as the database gives it back (a ``date``, or ISO text on SQLite)."""
     return value if isinstance(value, date) else date.fromisoformat(str(value))
 
 
@@ -236,8 +239,7 @@ def apps_of(bitmaps: DayBitmaps) -> set[str]:
 
 
 def _union_of(bitmaps: DayBitmaps, app: str, slice_: str, values: Iterable[str]) -> BitMap:
-    parts = [bitmaps[(app, slice_, v)] for v in values if (app, slice_, v) in bitmaps]
-    return BitMap.union(*parts) if parts else BitMap()
+    return union(bitmaps[(app, slice_, v)] for v in values if (app, slice_, v) in bitmaps)
 
 
 def matching(bitmaps: DayBitmaps, filters: dict[str, Any], apps: Iterable[str] | None = None) -> dict[str, BitMap]:
@@ -264,9 +266,8 @@ def matching(bitmaps: DayBitmaps, filters: dict[str, Any], apps: Iterable[str] |
 
 def within(per_app: dict[str, BitMap], bitmaps: DayBitmaps, slice_: str, value: str = "") -> BitMap:
     """The union over apps of each app's devices that are also in ``slice_ = value`` of that app."""
-    parts = [devices & bitmaps[(app, slice_, value)] for app, devices in per_app.items()
-             if (app, slice_, value) in bitmaps]
-    return BitMap.union(*parts) if parts else BitMap()
+    return union(devices & bitmaps[(app, slice_, value)] for app, devices in per_app.items()
+                 if (app, slice_, value) in bitmaps)
 
 
 def union(parts: Iterable[BitMap]) -> BitMap:

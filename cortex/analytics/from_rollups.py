@@ -22,8 +22,7 @@ from cortex.analytics import bitmaps
 from cortex.analytics.scope import Scope
 from cortex.analytics.sqlfuncs import day_bucket, count_distinct
 
-TYPE_BITS = {"install": 1, "dau": 2, "event": 4, "economy": 8, "link": 16, "message_send": 32,
-             "message_click": 64, "experiment": 128}
+TYPE_BITS = bitmaps.TYPE_BITS
 EVENT_DIMENSIONS = ("app", "type", "kingdom", "os", "device_type", "country", "app_ver", "source")
 DEVICE_DIMENSIONS = ("app", "os", "device_type", "country", "app_ver", "source")
 #: the dimensions ``rollup_events`` keeps in slices of their own (one at a time)
@@ -343,11 +342,11 @@ def _retention_from_rows(scope: Scope, filters: dict[str, Any]) -> dict[str, Any
             query = (sa.select(cohorts.c.day, count_distinct(scope.dialect, cohorts.c.device))
                      .select_from(cohorts.join(device_days, on)).group_by(cohorts.c.day))
             for cohort, count in conn.execute(query):
-                results[(_as_date(cohort), day)] = count
+                results[(bitmaps.as_date(cohort), day)] = count
     today = datetime.now(timezone.utc).date()
     answer = []
-    for cohort in sorted(sizes, key=_as_date):
-        cohort_day, size = _as_date(cohort), sizes[cohort]
+    for cohort in sorted(sizes, key=bitmaps.as_date):
+        cohort_day, size = bitmaps.as_date(cohort), sizes[cohort]
         row = {"cohort": cohort_day.isoformat(), "size": size, "retained": {}}
         for day in days_wanted:
             if cohort_day + timedelta(days=day) >= today:
@@ -357,10 +356,6 @@ def _retention_from_rows(scope: Scope, filters: dict[str, Any]) -> dict[str, Any
                 row["retained"][str(day)] = {"users": users, "rate": round(users / size, 4) if size else None}
         answer.append(row)
     return {"days": days_wanted, "cohorts": answer}
-
-
-def _as_date(value) -> date:
-    return value if isinstance(value, date) else date.fromisoformat(str(value))
 
 
 def _shift(dialect: str, day, offset: int):
