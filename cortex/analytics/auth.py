@@ -51,11 +51,19 @@ def accounts() -> AccountStore:
     return accounts_of(current_app.extensions["cortex"])
 
 
+def bearer_token(header: str) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header; None for another scheme or
+    an empty token."""
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
 def bearer_caller(store: AccountStore, header: str) -> Caller:
     """The caller an ``Authorization`` header's bearer token acts for, or :class:`InvalidToken`
     (another scheme, an empty, unknown, expired or revoked token, a disabled user)."""
-    scheme, _, token = header.partition(" ")
-    caller = store.caller_for_token(token.strip()) if scheme.lower() == "bearer" and token.strip() else None
+    token = bearer_token(header)
+    caller = store.caller_for_token(token) if token else None
     if caller is None:
         raise InvalidToken()
     return caller

@@ -40,13 +40,6 @@ def day_number(dialect: str, moment):
     return sa.cast(sa.func.floor(sa.extract("epoch", moment) / 86400), sa.Integer)
 
 
-def epoch(dialect: str, moment):
-    """Seconds since 1970-01-01 UTC, as a number."""
-    if dialect == "sqlite":
-        return (sa.func.julianday(moment) - 2440587.5) * 86400.0
-    return sa.extract("epoch", moment)
-
-
 def plus_seconds(dialect: str, moment, seconds: int):
     """``moment`` plus whole ``seconds``, as a value of the same kind as the stored times, so
     that it compares with them exactly (no floating-point epoch, no per-row conversion)."""
@@ -82,6 +75,4 @@ def count_distinct(dialect: str, value):
     """``count(DISTINCT value)``; on PostgreSQL compared bytewise (``COLLATE "C"``), which
     gives the same count for the ids counted here and sorts several times faster than a
     language collation."""
-    if dialect == "postgresql":
-        value = value.collate("C")
-    return sa.func.count(sa.distinct(value))
+    return sa.func.count(sa.distinct(bytewise(dialect, value)))
