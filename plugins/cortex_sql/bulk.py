@@ -70,7 +70,8 @@ MAX_LAYOUTS = 256
 #: never did, and cost about 5% of throughput.
 PG_CHUNK_ROWS = 100
 
-_PLACEHOLDERS = {"qmark": "?", "format": "%s", "pyformat": "%s"}
+#: the driver's parameter style -> its placeholder (also the rollup writer's)
+PLACEHOLDERS = {"qmark": "?", "format": "%s", "pyformat": "%s"}
 
 _fromisoformat = datetime.fromisoformat
 
@@ -236,7 +237,7 @@ class _TablePlan:
         table, family = rows.table, rows.family
         preparer = dialect.identifier_preparer
         postgres = dialect.name == "postgresql"
-        placeholder = _PLACEHOLDERS[dialect.paramstyle]
+        placeholder = PLACEHOLDERS[dialect.paramstyle]
         # The preparer doubles a "%" in identifiers where the paramstyle needs it (psycopg).
         self.table_sql = preparer.format_table(table)
         self.id_sql = preparer.quote("id")
@@ -333,7 +334,7 @@ class BulkWriter:
     @staticmethod
     def supports(dialect: sa.Dialect) -> bool:
         """True for the databases and drivers this class is built and tested for."""
-        return (dialect.name, dialect.driver) in SUPPORTED and dialect.paramstyle in _PLACEHOLDERS
+        return (dialect.name, dialect.driver) in SUPPORTED and dialect.paramstyle in PLACEHOLDERS
 
     def group(self, records: Iterable[dict[str, Any]]) -> dict[str, list[tuple]]:
         """The rows of ``records`` by INSERT statement, in the order statements first occur.

@@ -42,6 +42,7 @@ from typing import Any, Iterable
 
 import sqlalchemy as sa
 
+from cortex_sql.bulk import PLACEHOLDERS
 from cortex_sql.day_bitmaps import forget_org, invalidate_days
 
 __all__ = ["DIMENSIONS", "ROLLUP_TABLES", "TYPE_BITS", "RollupWriter", "define_rollup_tables", "recompute"]
@@ -204,9 +205,6 @@ def _earlier(a: Any, b: Any) -> Any:
     return b
 
 
-_MARKS = {"qmark": "?", "format": "%s", "pyformat": "%s"}
-
-
 def _earlier_sql(column: str) -> str:
     """The earlier of the stored and the new day of ``column``, either of which may be NULL."""
     return (f"CASE WHEN cur.{column} IS NULL THEN excluded.{column} WHEN excluded.{column} IS NULL"
@@ -225,7 +223,7 @@ class _Statements:
 
     def __init__(self, dialect: sa.Dialect, tables: dict[str, sa.Table]):
         q = dialect.identifier_preparer.quote
-        mark = _MARKS[dialect.paramstyle]
+        mark = PLACEHOLDERS[dialect.paramstyle]
         events, device_days, devices = (dialect.identifier_preparer.format_table(tables[n]) for n in ROLLUP_TABLES)
         if dialect.name == "sqlite":
             def greatest(column: str) -> str:
@@ -301,7 +299,7 @@ class RollupWriter:
     def supports(dialect: sa.Dialect) -> bool:
         """True for the databases whose upserts this class uses (SQLite, PostgreSQL), with
         a driver whose parameter style it writes."""
-        return dialect.name in UPSERT_DIALECTS and dialect.paramstyle in _MARKS
+        return dialect.name in UPSERT_DIALECTS and dialect.paramstyle in PLACEHOLDERS
 
     def stored_ids(self, connection: sa.Connection, records: list[dict[str, Any]]) -> set[str]:
         """The ids of ``records`` already in the raw tables (before this batch is written)."""
@@ -394,8 +392,6 @@ class RollupWriter:
         keeps the conversions of one batch)."""
         if time.__class__ is str and len(time) == 10:  # a canonical time's day (see _sums)
             text = time
-        elif time.__class__ is str and time[-1:] == "Z" and time[10:11] == "T":  # canonical, UTC
-            text = time[:10]
         else:  # normalise() made a date; any other form is parsed
             text = (time if time.__class__ is date else _day(time)).isoformat()
         if not self.postgres:
