@@ -19,10 +19,10 @@ from pathlib import Path
 
 #: frames that mark the stages of one ingest request (function name, file suffix)
 DEFAULT_FOCUS = [
-    "SyncWorker.accept", "SyncWorker.handle_request", "Flask.wsgi_app", "ingest (cortex/ingest/views.py",
+    "SyncWorker.accept", "SyncWorker.handle_request", "IngestLane.serve", "answer_bundle", "RequestLog.finish",
     "read_body", "parse_json", "check_bundle_shape", "KeyCache.owner", "Timing.parse",
     "build_records", "CompiledSchema.load", "Timing.event_time", "dedupe_key", "SQLiteQueue.submit",
-    "SQLiteQueue._commit_group", "SQLiteQueue._claim_keys", "text_response", "add_cors_headers",
+    "SQLiteQueue._commit_group", "SQLiteQueue._claim_keys",
     "SinkRunner.step", "SQLiteQueue.read", "SqlSink.write", "TableRows.row", "Connection.execute",
     "SQLiteQueue.advance", "Dispatcher.housekeep",
 ]

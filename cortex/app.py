@@ -18,6 +18,7 @@ from cortex.enrichment import check_enrichers
 from cortex.errors import register_error_handlers
 from cortex.ingest.interactions_views import blueprint as interactions_blueprint
 from cortex.ingest.keys import AppDirectory, KeyCache
+from cortex.ingest.lane import install as install_ingest_lane
 from cortex.ingest.views import add_cors_headers, blueprint as ingest_blueprint
 from cortex.logs import configure_logging
 from cortex.operations import install_operations
@@ -69,9 +70,6 @@ def create_app(
     app = Flask("cortex")
     app.config["MAX_CONTENT_LENGTH"] = None  # the ingest views enforce their own cap
     app.extensions["cortex"] = state
-    hops = config["server"]["trust_proxy_hops"]
-    if hops:
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
     app.register_blueprint(ingest_blueprint)
     install_analytics(app, state)
     app.register_blueprint(interactions_blueprint)
@@ -82,6 +80,10 @@ def create_app(
     register_error_handlers(app)
     serve_api_docs(app)
     install_operations(app, state)
+    install_ingest_lane(app, state)
+    hops = config["server"]["trust_proxy_hops"]
+    if hops:  # outermost: the lane and Flask both see the client's address
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
     manager.hook.startup(app=app)
     return app
 

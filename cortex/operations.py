@@ -19,7 +19,8 @@ def install_operations(app: Flask, state) -> None:
     enabled = config["metrics"]["enabled"]
     state.extras["backpressure"] = Backpressure(state.queue, config)
     state.extras["metrics_enabled"] = enabled
-    requestlog.install(app, record_metrics=enabled, log_requests=config["logging"]["requests"])
+    state.extras["request_log"] = requestlog.install(
+        app, record_metrics=enabled, log_requests=config["logging"]["requests"])
     app.register_blueprint(health_blueprint)
     if enabled and not config["metrics"]["bind"]:
         _register_metrics_endpoint(app, state)

@@ -73,7 +73,7 @@ def _request_subject(state) -> tuple[Subject | None, dict[str, Any], Response | 
     try:
         # the same bounded reading as the ingest endpoints: capped, decompressed with a bound,
         # depth- and size-checked, before anyone is authorised (the org is in the body)
-        body = read_json(request, body_limits(state))
+        body = read_json(request.environ, body_limits(state))
     except BodyError as error:
         return None, {}, _error(error.status, str(error))
     if not isinstance(body, dict):

@@ -34,34 +34,92 @@ def new_request_id() -> str:
     return os.urandom(16).hex()
 
 
+def incoming_request_id(environ: dict) -> str:
+    """The request's id: the client's ``X-Request-Id`` when it is sane, else a new one."""
+    incoming = environ.get("HTTP_X_REQUEST_ID")
+    return incoming if incoming and SANE_REQUEST_ID.match(incoming) else new_request_id()
+
+
+class RequestTrace:
+    """What one request's log line says besides its method, path and status: its id, when it
+    started, and what the endpoint noted (org, event counts, why it refused, the secret to
+    keep out of the line)."""
+
+    __slots__ = ("request_id", "started", "org", "events", "reason", "secret")
+
+    def __init__(self, request_id: str):
+        self.request_id = request_id
+        self.started = time.perf_counter()
+        self.org: str | None = None
+        self.events: tuple[int, int, int] | None = None
+        self.reason: str | None = None
+        self.secret: str | None = None
+
+    def note_events(self, org: str, accepted: int, duplicate: int, rejected: int) -> None:
+        """Remember what became of the request's events."""
+        self.org = org
+        self.events = (accepted, duplicate, rejected)
+
+
+class RequestLog:
+    """Writes requests' log lines and request metrics (one per app: its settings)."""
+
+    def __init__(self, record_metrics: bool, log_requests: bool = True):
+        self.record_metrics = record_metrics
+        self.log_requests = log_requests
+
+    def finish(self, trace: RequestTrace, method: str, path: str, endpoint: str, status: int,
+               remote_addr: str | None, bytes_in: int | None) -> None:
+        """Count the answered request in the metrics and write its log line."""
+        seconds = time.perf_counter() - trace.started
+        if self.record_metrics:
+            metrics.record_request(endpoint, method, status, seconds)
+        level = logging.DEBUG if path in QUIET_PATHS else logging.INFO
+        if self.log_requests and log.isEnabledFor(level):
+            fields = {
+                "request_id": trace.request_id,
+                "method": method,
+                "path": path,
+                "endpoint": endpoint,
+                "status": status,
+                "duration_ms": round(seconds * 1000, 3),
+                "remote_addr": remote_addr,
+                "bytes_in": bytes_in,
+            }
+            if trace.org:
+                fields["org"] = trace.org
+            if trace.events:
+                fields["accepted"], fields["duplicate"], fields["rejected"] = trace.events
+            reason = trace.reason
+            if reason:
+                if trace.secret:
+                    reason = reason.replace(trace.secret, "[api key]")
+                fields["reason"] = reason
+            log.log(level, "%s %s %d", method, path, status, extra={"fields": fields})
+
+
+def current_trace() -> RequestTrace:
+    """The trace of the Flask request being served."""
+    return g.cortex_trace
+
+
 def note_refusal(reason: str) -> None:
     """Remember why this request was refused, for its log line."""
-    g.cortex_reason = reason
-
-
-def note_events(org: str, accepted: int, duplicate: int, rejected: int) -> None:
-    """Remember what became of this request's events, for its log line."""
-    g.cortex_org = org
-    g.cortex_events = (accepted, duplicate, rejected)
-
-
-def note_secret(secret: str) -> None:
-    """A value (the request's API key) that must never reach the log."""
-    g.cortex_secret = secret
+    g.cortex_trace.reason = reason
 
 
 def request_id() -> str:
     """This request's id."""
-    return g.cortex_request_id
+    return g.cortex_trace.request_id
 
 
-def install(app: Flask, record_metrics: bool, log_requests: bool = True) -> None:
-    """Register the before/after hooks on ``app`` (``log_requests``: write the log lines)."""
+def install(app: Flask, record_metrics: bool, log_requests: bool = True) -> RequestLog:
+    """Register the before/after hooks on ``app`` (``log_requests``: write the log lines);
+    returns the :class:`RequestLog` they write with."""
+    request_log = RequestLog(record_metrics, log_requests)
 
     def start_request() -> None:
-        incoming = request.headers.get(REQUEST_ID_HEADER)
-        g.cortex_request_id = incoming if incoming and SANE_REQUEST_ID.match(incoming) else new_request_id()
-        g.cortex_started = time.perf_counter()
+        g.cortex_trace = RequestTrace(incoming_request_id(request.environ))
 
     # first of all before_request functions: one that answers early (a rate limiter's 429)
     # must not leave the request without its id and its timing
@@ -71,49 +129,16 @@ def install(app: Flask, record_metrics: bool, log_requests: bool = True) -> None
     def finish_request(response: Response) -> Response:
         # the objects behind Flask's proxies, once: each proxy access costs a lookup
         context, current = g._get_current_object(), request._get_current_object()
-        started = getattr(context, "cortex_started", None)
-        if started is None:  # an error before any before_request function ran
+        trace = getattr(context, "cortex_trace", None)
+        if trace is None:  # an error before any before_request function ran
             start_request()
-            started = context.cortex_started
-        rid = context.cortex_request_id
-        response.headers[REQUEST_ID_HEADER] = rid
-        seconds = time.perf_counter() - started
+            trace = context.cortex_trace
+        if trace.org is None:
+            trace.org = (current.view_args or {}).get("org")
+        response.headers[REQUEST_ID_HEADER] = trace.request_id
         rule = current.url_rule
-        endpoint = rule.rule if rule is not None else "unmatched"
-        status = response.status_code
-        if record_metrics:
-            metrics.record_request(endpoint, current.method, status, seconds)
-        path = current.path
-        level = logging.DEBUG if path in QUIET_PATHS else logging.INFO
-        if log_requests and log.isEnabledFor(level):
-            log.log(level, "%s %s %d", current.method, path, status,
-                    extra={"fields": _fields(context, current, rid, endpoint, status, seconds)})
+        request_log.finish(trace, current.method, current.path, rule.rule if rule is not None else "unmatched",
+                           response.status_code, current.remote_addr, current.content_length)
         return response
 
-
-def _fields(context, current, rid: str, endpoint: str, status: int, seconds: float) -> dict:
-    """The log line's fields (``context``: the request's ``g``; ``current``: the request)."""
-    fields = {
-        "request_id": rid,
-        "method": current.method,
-        "path": current.path,
-        "endpoint": endpoint,
-        "status": status,
-        "duration_ms": round(seconds * 1000, 3),
-        "remote_addr": current.remote_addr,
-        "bytes_in": current.content_length,
-    }
-    values = context.__dict__
-    org = values.get("cortex_org") or (current.view_args or {}).get("org")
-    if org:
-        fields["org"] = org
-    events = values.get("cortex_events")
-    if events:
-        fields["accepted"], fields["duplicate"], fields["rejected"] = events
-    reason = values.get("cortex_reason")
-    if reason:
-        secret = values.get("cortex_secret")
-        if secret:
-            reason = reason.replace(secret, "[api key]")
-        fields["reason"] = reason
-    return fields
+    return request_log

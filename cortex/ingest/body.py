@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 import orjson
-from flask import Request
+from werkzeug.wsgi import get_content_length
 
 UTF8_BOM = b"\xef\xbb\xbf"
 #: a content coding's name as the HTTP grammar allows it (shown in messages; anything else is not)
@@ -74,7 +74,7 @@ class BodyLimits:
         return min(self.max_decoded_bytes, max(self.max_body_bytes, by_ratio))
 
 
-def read_body(request: Request, max_bytes: int) -> bytes:
+def read_body(environ: dict, max_bytes: int) -> bytes:
     """The raw body, at most ``max_bytes`` (413 beyond), with or without Content-Length.
 
     Browser SDKs send ``text/plain`` on purpose and some clients send
@@ -82,9 +82,8 @@ def read_body(request: Request, max_bytes: int) -> bytes:
     A declared length over the cap is refused before the body is read; a chunked body is
     read to at most ``max_bytes + 1`` bytes, so memory stays bounded either way.
     """
-    environ = request.environ
     stream = environ["wsgi.input"]
-    length = request.content_length
+    length = get_content_length(environ)
     if length is not None:
         if length > max_bytes:
             raise BodyError(413, f"the body is {length} bytes; the limit is {max_bytes} bytes. "
@@ -251,6 +250,7 @@ def load_body(data: bytes, content_encoding: str | None, limits: BodyLimits) -> 
     return document
 
 
-def read_json(request: Request, limits: BodyLimits) -> Any:
-    """Read, decode, parse and check a request's JSON body; :class:`BodyError` says why not."""
-    return load_body(read_body(request, limits.max_body_bytes), request.headers.get("Content-Encoding"), limits)
+def read_json(environ: dict, limits: BodyLimits) -> Any:
+    """Read, decode, parse and check the JSON body of a request (its WSGI ``environ``);
+    :class:`BodyError` says why not."""
+    return load_body(read_body(environ, limits.max_body_bytes), environ.get("HTTP_CONTENT_ENCODING"), limits)

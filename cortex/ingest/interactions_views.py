@@ -102,7 +102,7 @@ def ingest(batch: bool) -> Response:
     limit_headers = verdict.headers() if verdict.limit else {}
 
     try:
-        body = read_json(request, body_limits(state))
+        body = read_json(request.environ, body_limits(state))
     except BodyError as error:
         return error_response(error.status, str(error), **limit_headers)
     max_events = state.config["interactions"]["max_events_per_batch"]
@@ -127,8 +127,8 @@ def ingest(batch: bool) -> Response:
     )
     context = {
         "client_ip": request.remote_addr,
-        "user_agent": header_text("User-Agent"),
-        "accept_language": header_text("Accept-Language"),
+        "user_agent": header_text(request.environ, "User-Agent"),
+        "accept_language": header_text(request.environ, "Accept-Language"),
     }
     strict = settings["strict"] if owner.strict is None else owner.strict
     result = build_interactions(

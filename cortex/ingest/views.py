@@ -4,11 +4,20 @@ Answers follow what the real SDKs rely on: exactly ``200 text/plain OK`` on succ
 only when the bundle itself is broken or no event in it is valid (SDKs drop the bundle),
 403 for a key that is unknown, revoked or of another org (SDKs stop sending), 503 with
 ``Retry-After`` when the queue cannot take it now (SDKs retry).
+
+:func:`answer_bundle` does the work from the WSGI environ alone, without Flask: the
+ingest lane (:mod:`cortex.ingest.lane`) serves these POSTs with it before Flask sees them.
+The Flask routes stay for what Flask does well and the hot path does not need: ``OPTIONS``
+preflights, ``405`` for other methods, and the same answers when the app is called without
+the lane in front.
 """
 
 from __future__ import annotations
 
+import logging
 import re
+from typing import NamedTuple
+from urllib.parse import parse_qs
 
 from flask import Blueprint, Response, current_app, request
 
@@ -25,45 +34,68 @@ from cortex.ingest.pipeline import (
 )
 from cortex.metrics import record_clock_skew, record_events, rejection_reasons
 from cortex.queue import QueueUnavailable, Submission
-from cortex.requestlog import note_events, note_refusal, note_secret, request_id
+from cortex.requestlog import RequestTrace, current_trace
 
 blueprint = Blueprint("ingest", __name__)
+log = logging.getLogger("cortex")
 
 INGEST_PATH = re.compile(r"^/[^/]+/1/(track|app_log)/?$")
 MAX_REASONS_SHOWN = 5
 MAX_HEADER_CHARS = 512
 
 
-def text_response(status: int, message: str, **headers: str) -> Response:
-    """A plain-text answer, as the SDKs expect (exactly ``Content-Type: text/plain``)."""
-    if status >= 400:
-        note_refusal(message)
-    return Response(message.encode("utf-8"), status=status, headers=headers, content_type="text/plain")
+class Answer(NamedTuple):
+    """An ingest endpoint's answer: status, plain-text body, and headers besides CORS."""
+
+    status: int
+    body: bytes
+    headers: tuple[tuple[str, str], ...] = ()
 
 
-def ok_response() -> Response:
-    """``200 text/plain OK`` with the CORS headers already set (the hot path's answer)."""
-    response = Response(b"OK", status=200, headers=OK_HEADERS)
-    response.cors_done = True
-    return response
+OK = Answer(200, b"OK")
+
+
+def refusal(trace: RequestTrace, status: int, message: str, **headers: str) -> Answer:
+    """A plain-text error answer, its reason noted for the request's log line."""
+    trace.reason = message
+    return Answer(status, message.encode("utf-8"), tuple(headers.items()))
 
 
 @blueprint.route("/<org>/1/track", methods=["POST"])
 def track(org: str) -> Response:
     """Accept a bundle of interaction events."""
-    return ingest(org, "track")
+    return _flask_response(org, "track")
 
 
 @blueprint.route("/<org>/1/app_log", methods=["POST"])
 def app_log(org: str) -> Response:
     """Accept a bundle of application log lines (or a bundle that is itself one line)."""
-    return ingest(org, "app_log")
+    return _flask_response(org, "app_log")
 
 
-def header_text(name: str, limit: int = MAX_HEADER_CHARS) -> str | None:
+def _flask_response(org: str, endpoint: str) -> Response:
+    state = current_app.extensions["cortex"]
+    answer = answer_bundle(state, request.environ, org, endpoint, current_trace())
+    return Response(answer.body, status=answer.status, headers=list(answer.headers), content_type="text/plain")
+
+
+def header_text(environ: dict, name: str, limit: int = MAX_HEADER_CHARS) -> str | None:
     """A request header's value as stored: control characters removed, at most ``limit`` long."""
-    value = request.headers.get(name)
+    value = environ.get("HTTP_" + name.upper().replace("-", "_"))
     return None if value is None else strip_control(value[:limit])
+
+
+def query_value(environ: dict, name: str) -> str | None:
+    """The first value of query parameter ``name`` (None when absent)."""
+    query = environ.get("QUERY_STRING")
+    if not query:
+        return None
+    try:  # WSGI gives the query's bytes as latin-1 text
+        query = query.encode("latin-1").decode("utf-8", "replace")
+    except UnicodeEncodeError:
+        pass
+    values = parse_qs(query, keep_blank_values=True).get(name)
+    return values[0] if values else None
 
 
 def body_limits(state) -> BodyLimits:
@@ -74,37 +106,38 @@ def body_limits(state) -> BodyLimits:
     return limits
 
 
-def ingest(org: str, endpoint: str) -> Response:
-    """Decode, authenticate, validate and durably queue one bundle."""
-    state = current_app.extensions["cortex"]
+def answer_bundle(state, environ: dict, org: str, endpoint: str, trace: RequestTrace) -> Answer:
+    """Decode, authenticate, validate and durably queue one bundle (``endpoint``: ``track``
+    or ``app_log``) posted to ``org``; what happened goes on ``trace``."""
     settings = state.config["ingest"]
     backpressure = state.extras["backpressure"]
-    refusal = backpressure.refusal()
-    if refusal is not None:
-        note_refusal(refusal)
-        return _busy(backpressure.retry_after)
+    busy = backpressure.refusal()
+    if busy is not None:
+        trace.reason = busy
+        return _busy(trace, backpressure.retry_after)
     try:
-        body = read_json(request, body_limits(state))
+        body = read_json(environ, body_limits(state))
         bundle, events = check_bundle_shape(body, endpoint, settings["max_events_per_bundle"])
     except BodyError as error:
-        return text_response(error.status, str(error))
+        return refusal(trace, error.status, str(error))
     except BundleError as error:
-        return text_response(400, str(error))
+        return refusal(trace, 400, str(error))
 
-    note_secret(bundle["api_key"])
+    trace.secret = bundle["api_key"]
     owner = state.keys.owner(bundle["api_key"])
     if owner is None:
-        return text_response(403, "unknown or revoked API key; check the key configured in the app")
+        return refusal(trace, 403, "unknown or revoked API key; check the key configured in the app")
     if owner.org != org:
-        return text_response(403, f"this API key is not valid for org {ascii(org[:64])}; check the URL and the key")
-    verdict = state.rate_limits.check(owner, request.remote_addr, describe=False)
+        return refusal(trace, 403, f"this API key is not valid for org {ascii(org[:64])}; check the URL and the key")
+    client_ip = environ.get("REMOTE_ADDR")
+    verdict = state.rate_limits.check(owner, client_ip, describe=False)
     if not verdict.allowed:
         # every Data Cortex SDK resends the same events after a 429: nothing is lost
-        return text_response(429, "rate limit exceeded; retry later", **verdict.headers())
+        return refusal(trace, 429, "rate limit exceeded; retry later", **verdict.headers())
 
     timing = Timing.parse(
         now_utc(),
-        request.args.get("current_time"),
+        query_value(environ, "current_time"),
         skew_threshold=settings["clock_skew_threshold"],
         future_tolerance=settings["future_tolerance"],
     )
@@ -112,15 +145,15 @@ def ingest(org: str, endpoint: str) -> Response:
     if metered and timing.measured_skew is not None:
         record_clock_skew(timing.measured_skew)
     context = {
-        "client_ip": request.remote_addr,
-        "user_agent": header_text("User-Agent"),
-        "accept_language": header_text("Accept-Language"),
+        "client_ip": client_ip,
+        "user_agent": header_text(environ, "User-Agent"),
+        "accept_language": header_text(environ, "Accept-Language"),
     }
     try:
         outcome = build_records(bundle, events, endpoint, owner, timing, context)
     except BundleError as error:
         refused = reject_all(bundle, events, endpoint, owner, timing, error.reasons)
-        return _refuse(state, owner, refused, str(error), "invalid_bundle")
+        return _refuse(state, trace, owner, refused, str(error), "invalid_bundle")
 
     strict = settings["strict"] if owner.strict is None else owner.strict
     if outcome.rejected and strict:
@@ -129,56 +162,56 @@ def ingest(org: str, endpoint: str) -> Response:
         refused = reject_all(bundle, events, endpoint, owner, timing, reasons)
         for _, record in refused.rejected:
             record["reasons"] = own.get(record["position"], reasons)
-        return _refuse(state, owner, refused, "strict mode: " + _describe(outcome))
+        return _refuse(state, trace, owner, refused, "strict mode: " + _describe(outcome))
     if not outcome.accepted:
-        return _refuse(state, owner, outcome, "no valid event in the bundle: " + _describe(outcome))
+        return _refuse(state, trace, owner, outcome, "no valid event in the bundle: " + _describe(outcome))
     if outcome.rejected:
-        _tag_rejected(outcome)
+        _tag_rejected(outcome, trace)
     submission = Submission(owner.org, owner.app_id, outcome.accepted, outcome.rejected, outcome.shared,
                             key_group=outcome.key_group)
     try:
         state.queue.submit(submission)
     except QueueUnavailable as error:
-        return _unavailable(state, error)
-    _count(state, submission)
-    return ok_response()
+        return _unavailable(state, trace, error)
+    _count(state, trace, submission)
+    return OK
 
 
-def _tag_rejected(outcome: Outcome) -> None:
+def _tag_rejected(outcome: Outcome, trace: RequestTrace) -> None:
     """Put the request id on the refused events (the ingest error log's rows)."""
-    rid = request_id()
     for _, record in outcome.rejected:
-        record["request_id"] = rid
+        record["request_id"] = trace.request_id
 
 
-def _count(state, submission: Submission, reason: str | None = None) -> None:
+def _count(state, trace: RequestTrace, submission: Submission, reason: str | None = None) -> None:
     """Count the request's events in the metrics (in bulk) and for its log line."""
-    note_events(submission.org, submission.accepted_count, submission.duplicate_count, submission.rejected_count)
+    trace.note_events(submission.org, submission.accepted_count, submission.duplicate_count,
+                      submission.rejected_count)
     if state.extras["metrics_enabled"]:
         rejected = rejection_reasons(submission.stored_rejected, reason) if submission.rejected_count else None
         record_events(submission.org, submission.accepted_count, submission.duplicate_count, rejected)
 
 
-def _refuse(state, owner, outcome: Outcome, message: str, reason: str | None = None) -> Response:
+def _refuse(state, trace: RequestTrace, owner, outcome: Outcome, message: str, reason: str | None = None) -> Answer:
     """Log the bundle's events in the ingest error log and answer 400."""
-    _tag_rejected(outcome)
+    _tag_rejected(outcome, trace)
     submission = Submission(owner.org, owner.app_id, [], outcome.rejected, key_group=outcome.key_group)
     try:
         state.queue.submit(submission)
     except QueueUnavailable as error:
-        return _unavailable(state, error)
-    _count(state, submission, reason)
-    return text_response(400, message)
+        return _unavailable(state, trace, error)
+    _count(state, trace, submission, reason)
+    return refusal(trace, 400, message)
 
 
-def _unavailable(state, error: QueueUnavailable) -> Response:
+def _unavailable(state, trace: RequestTrace, error: QueueUnavailable) -> Answer:
     """503 with ``Retry-After``: SDKs resend the same events later, so nothing is lost."""
-    current_app.logger.error("%s", error)
-    return _busy(state.extras["backpressure"].retry_after)
+    log.error("%s", error)
+    return _busy(trace, state.extras["backpressure"].retry_after)
 
 
-def _busy(retry_after: str) -> Response:
-    return text_response(503, "Cortex cannot accept events right now; retry later", **{"Retry-After": retry_after})
+def _busy(trace: RequestTrace, retry_after: str) -> Answer:
+    return refusal(trace, 503, "Cortex cannot accept events right now; retry later", **{"Retry-After": retry_after})
 
 
 def _describe(outcome: Outcome) -> str:
@@ -195,16 +228,18 @@ def _describe(outcome: Outcome) -> str:
 def add_cors_headers(response: Response) -> Response:
     """CORS on every ingest answer, errors and preflights included: without it browser SDKs
     cannot read the answer and resend the same events forever."""
-    if getattr(response, "cors_done", False):
-        return response
     headers = response.headers
     # errors raised before routing (404, 405) have no blueprint; their path tells
     if request.blueprint == "ingest" or (request.url_rule is None and INGEST_PATH.match(request.path)):
         headers.extend(CORS_HEADERS)
-        requested = request.headers.get("Access-Control-Request-Headers")
-        headers["Access-Control-Allow-Headers"] = requested or "Content-Type"
+        headers["Access-Control-Allow-Headers"] = allowed_headers(request.environ)
     headers.setdefault("X-Content-Type-Options", "nosniff")
     return response
+
+
+def allowed_headers(environ: dict) -> str:
+    """``Access-Control-Allow-Headers``: what the preflight asked for, else ``Content-Type``."""
+    return environ.get("HTTP_ACCESS_CONTROL_REQUEST_HEADERS") or "Content-Type"
 
 
 CORS_HEADERS = (
@@ -212,9 +247,3 @@ CORS_HEADERS = (
     ("Access-Control-Allow-Methods", "POST, OPTIONS"),
     ("Access-Control-Max-Age", "86400"),
 )
-OK_HEADERS = [
-    ("Content-Type", "text/plain"),
-    *CORS_HEADERS,
-    ("Access-Control-Allow-Headers", "Content-Type"),
-    ("X-Content-Type-Options", "nosniff"),
-]

@@ -1,0 +1,106 @@
+"""The ingest lane: ``POST /<org>/1/track`` and ``POST /<org>/1/app_log`` served without
+Flask's per-request machinery.
+
+Every event of every SDK comes through these two endpoints, so their cost per request is
+Cortex's.  Flask's request context, routing, hooks and response objects cost about as much
+as validating a small bundle.  The lane is a WSGI middleware in front of the app: it answers
+these POSTs with the same core as the Flask views (:func:`cortex.ingest.views.answer_bundle`)
+and does itself what the app's hooks would do for them: the request id, the log line and
+request metrics, the CORS and ``nosniff`` headers.  Everything else goes on to Flask, the
+same paths' ``OPTIONS`` preflights, other methods and trailing slashes included.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Callable, Iterable
+
+from flask import Flask
+from werkzeug.http import HTTP_STATUS_CODES
+from werkzeug.wsgi import get_content_length
+
+from cortex.errors import ADVICE
+from cortex.ingest.views import CORS_HEADERS, Answer, allowed_headers, answer_bundle
+from cortex.requestlog import REQUEST_ID_HEADER, RequestLog, RequestTrace, incoming_request_id
+
+log = logging.getLogger("cortex")
+
+#: the paths the lane answers (the Flask routes' rules, without a trailing slash)
+ROUTE = re.compile(r"^/([^/]+)/1/(track|app_log)$")
+#: the Flask rule of each endpoint: request metrics and log lines name the endpoint by it
+RULES = {"track": "/<org>/1/track", "app_log": "/<org>/1/app_log"}
+INTERNAL_ERROR = Answer(500, f"500 Internal Server Error: {ADVICE[500]}".encode())
+
+
+def status_line(status: int) -> str:
+    """The status line Flask would send (werkzeug's upper-case reason phrase)."""
+    return f"{status} {HTTP_STATUS_CODES.get(status, 'Unknown').upper()}"
+
+
+def wsgi_text(value: str) -> str:
+    """A path part as the client sent it: WSGI gives UTF-8 bytes as latin-1 text."""
+    if value.isascii():
+        return value
+    try:
+        return value.encode("latin-1").decode("utf-8", "replace")
+    except UnicodeEncodeError:
+        return value
+
+
+class IngestLane:
+    """WSGI middleware answering the Data Cortex ingest POSTs before ``app`` sees them."""
+
+    def __init__(self, app: Flask, state, request_log: RequestLog):
+        self.app = app
+        self.state = state
+        self.request_log = request_log
+        #: the WSGI callable behind the lane (Flask's own, or what wraps it already)
+        self.next = app.wsgi_app
+        self._status_lines: dict[int, str] = {}
+
+    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        if environ.get("REQUEST_METHOD") == "POST":
+            match = ROUTE.match(environ.get("PATH_INFO") or "")
+            if match is not None:
+                return self.serve(environ, start_response, wsgi_text(match.group(1)), match.group(2))
+        return self.next(environ, start_response)
+
+    def serve(self, environ: dict, start_response: Callable, org: str, endpoint: str) -> list[bytes]:
+        """Answer one ingest POST (``endpoint``: ``track`` or ``app_log``) to ``org``."""
+        trace = RequestTrace(incoming_request_id(environ))
+        trace.org = org
+        path = wsgi_text(environ["PATH_INFO"])
+        try:
+            answer = answer_bundle(self.state, environ, org, endpoint, trace)
+        except Exception:
+            if self._propagates():
+                raise
+            log.exception("Exception on %s [POST]", path)
+            answer = INTERNAL_ERROR
+        status = answer.status
+        line = self._status_lines.get(status)
+        if line is None:
+            line = self._status_lines[status] = status_line(status)
+        start_response(line, [
+            ("Content-Type", "text/plain; charset=utf-8" if status == 500 else "text/plain"),
+            ("Content-Length", str(len(answer.body))),
+            *CORS_HEADERS,
+            ("Access-Control-Allow-Headers", allowed_headers(environ)),
+            *answer.headers,
+            ("X-Content-Type-Options", "nosniff"),
+            (REQUEST_ID_HEADER, trace.request_id),
+        ])
+        self.request_log.finish(trace, "POST", path, RULES[endpoint], status, environ.get("REMOTE_ADDR"),
+                                get_content_length(environ))
+        return [answer.body]
+
+    def _propagates(self) -> bool:
+        # Flask's rule: exceptions reach the caller in testing and debug mode
+        propagate = self.app.config.get("PROPAGATE_EXCEPTIONS")
+        return bool(self.app.testing or self.app.debug) if propagate is None else propagate
+
+
+def install(app: Flask, state) -> None:
+    """Put the ingest lane in front of ``app`` (after :func:`cortex.operations.install_operations`)."""
+    app.wsgi_app = IngestLane(app, state, state.extras["request_log"])
