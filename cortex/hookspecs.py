@@ -68,7 +68,9 @@ def startup(app: "flask.Flask") -> None:
 
     Use it to register blueprints or read configuration.  Open no network connection here:
     under gunicorn, sinks and enrichers open their connections after the worker fork, in
-    their own ``open()``.
+    their own ``open()``.  Request hooks registered here (``app.before_request`` and the
+    like) run for every request, the ingest POSTs included: these are then served through
+    Flask instead of the faster ingest lane (:mod:`cortex.ingest.lane`).
     """
 
 

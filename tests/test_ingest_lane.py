@@ -9,7 +9,8 @@ import orjson
 import pytest
 from werkzeug.test import Client
 
-from conftest import iso
+from conftest import iso, make_plugin
+from cortex import hookimpl
 from cortex.ingest.lane import IngestLane
 from cortex.logs import JsonFormatter
 
@@ -143,3 +144,27 @@ def test_a_failure_in_the_lane_is_a_plain_500_with_cors(cortex, monkeypatch, cap
     cortex.app.testing = True
     with pytest.raises(RuntimeError, match="disk on fire"):
         cortex.post(bundle)
+
+
+def test_the_lane_steps_aside_for_a_plugin_s_request_hooks(make_cortex):
+    def startup(app):
+        @app.before_request
+        def teapot():
+            from flask import request
+
+            if request.headers.get("X-Teapot"):
+                return "short and stout", 418
+
+    cortex = make_cortex(plugins=[make_plugin("teapot_plugin", startup=hookimpl(startup))])
+    bundle = cortex.bundle([{"type": "dau", "event_datetime": iso()}])
+    refused = cortex.post(bundle, headers={"X-Teapot": "1"})
+    assert refused.status_code == 418 and refused.data == b"short and stout"
+    assert cortex.app.wsgi_app.serving is False
+    accepted = cortex.post(bundle)
+    assert (accepted.status_code, accepted.data) == (200, b"OK")
+    assert accepted.headers["Access-Control-Allow-Origin"] == "*"
+
+
+def test_without_plugin_hooks_the_lane_serves(cortex):
+    assert cortex.post(cortex.bundle([{"type": "dau", "event_datetime": iso()}])).status_code == 200
+    assert cortex.app.wsgi_app.serving is True

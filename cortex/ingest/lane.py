@@ -8,6 +8,10 @@ these POSTs with the same core as the Flask views (:func:`cortex.ingest.views.an
 and does itself what the app's hooks would do for them: the request id, the log line and
 request metrics, the CORS and ``nosniff`` headers.  Everything else goes on to Flask, the
 same paths' ``OPTIONS`` preflights, other methods and trailing slashes included.
+
+A plugin that registers Flask request hooks of its own (in its ``startup`` hook) expects
+them to run for every request: then the lane steps aside and Flask serves the ingest
+endpoints too, with the same answers.
 """
 
 from __future__ import annotations
@@ -28,6 +32,11 @@ log = logging.getLogger("cortex")
 
 #: the paths the lane answers (the Flask routes' rules, without a trailing slash)
 ROUTE = re.compile(r"^/([^/]+)/1/(track|app_log)$")
+#: Flask's per-request hook registries; hooks for the whole app or the ingest blueprint
+#: other than Cortex's own make the lane step aside
+HOOK_REGISTRIES = ("url_value_preprocessors", "before_request_funcs", "after_request_funcs",
+                   "teardown_request_funcs")
+HOOK_SCOPES = (None, "ingest")
 #: the Flask rule of each endpoint: request metrics and log lines name the endpoint by it
 RULES = {"track": "/<org>/1/track", "app_log": "/<org>/1/app_log"}
 INTERNAL_ERROR = Answer(500, f"500 Internal Server Error: {ADVICE[500]}".encode())
@@ -58,9 +67,14 @@ class IngestLane:
         #: the WSGI callable behind the lane (Flask's own, or what wraps it already)
         self.next = app.wsgi_app
         self._status_lines: dict[int, str] = {}
+        self._own_hooks = request_hooks(app)
+        #: whether the lane serves (decided at the first request, once plugins have started)
+        self.serving: bool | None = None
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
-        if environ.get("REQUEST_METHOD") == "POST":
+        if self.serving is None:
+            self.serving = self._decide()
+        if self.serving and environ.get("REQUEST_METHOD") == "POST":
             match = ROUTE.match(environ.get("PATH_INFO") or "")
             if match is not None:
                 return self.serve(environ, start_response, wsgi_text(match.group(1)), match.group(2))
@@ -95,10 +109,28 @@ class IngestLane:
                                 get_content_length(environ))
         return [answer.body]
 
+    def _decide(self) -> bool:
+        added = request_hooks(self.app) - self._own_hooks
+        if added:
+            names = ", ".join(sorted(getattr(hook, "__qualname__", repr(hook)) for hook in added))
+            log.info("Flask request hooks were registered besides Cortex's (%s); the ingest endpoints "
+                     "are served through Flask so that they run", names)
+        return not added
+
     def _propagates(self) -> bool:
         # Flask's rule: exceptions reach the caller in testing and debug mode
         propagate = self.app.config.get("PROPAGATE_EXCEPTIONS")
         return bool(self.app.testing or self.app.debug) if propagate is None else propagate
+
+
+def request_hooks(app: Flask) -> set:
+    """The request hooks registered on ``app`` that would run for an ingest request."""
+    return {
+        hook
+        for registry in HOOK_REGISTRIES
+        for scope in HOOK_SCOPES
+        for hook in getattr(app, registry).get(scope, ())
+    }
 
 
 def install(app: Flask, state) -> None:
