@@ -103,16 +103,6 @@ def current_trace() -> RequestTrace:
     return g.cortex_trace
 
 
-def note_refusal(reason: str) -> None:
-    """Remember why this request was refused, for its log line."""
-    g.cortex_trace.reason = reason
-
-
-def request_id() -> str:
-    """This request's id."""
-    return g.cortex_trace.request_id
-
-
 def install(app: Flask, record_metrics: bool, log_requests: bool = True) -> RequestLog:
     """Register the before/after hooks on ``app`` (``log_requests``: write the log lines);
     returns the :class:`RequestLog` they write with."""

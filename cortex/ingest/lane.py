@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import re
+from functools import cache
 from typing import Callable, Iterable
 
 from flask import Flask
@@ -42,6 +43,7 @@ RULES = {"track": "/<org>/1/track", "app_log": "/<org>/1/app_log"}
 INTERNAL_ERROR = Answer(500, f"500 Internal Server Error: {ADVICE[500]}".encode())
 
 
+@cache
 def status_line(status: int) -> str:
     """The status line Flask would send (werkzeug's upper-case reason phrase)."""
     return f"{status} {HTTP_STATUS_CODES.get(status, 'Unknown').upper()}"
@@ -66,7 +68,6 @@ class IngestLane:
         self.request_log = request_log
         #: the WSGI callable behind the lane (Flask's own, or what wraps it already)
         self.next = app.wsgi_app
-        self._status_lines: dict[int, str] = {}
         self._own_hooks = request_hooks(app)
         #: whether the lane serves (decided at the first request, once plugins have started)
         self.serving: bool | None = None
@@ -93,10 +94,7 @@ class IngestLane:
             log.exception("Exception on %s [POST]", path)
             answer = INTERNAL_ERROR
         status = answer.status
-        line = self._status_lines.get(status)
-        if line is None:
-            line = self._status_lines[status] = status_line(status)
-        start_response(line, [
+        start_response(status_line(status), [
             ("Content-Type", "text/plain; charset=utf-8" if status == 500 else "text/plain"),
             ("Content-Length", str(len(answer.body))),
             *CORS_HEADERS,

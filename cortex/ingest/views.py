@@ -114,9 +114,7 @@ def answer_bundle(state, environ: dict, org: str, endpoint: str, trace: RequestT
     or ``app_log``) posted to ``org``; what happened goes on ``trace``."""
     settings = state.config["ingest"]
     backpressure = state.extras["backpressure"]
-    busy = backpressure.refusal()
-    if busy is not None:
-        trace.reason = busy
+    if backpressure.refusal() is not None:
         return _busy(trace, backpressure.retry_after)
     try:
         body = read_json(environ, body_limits(state))
