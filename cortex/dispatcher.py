@@ -294,8 +294,10 @@ class Dispatcher:
             self.enriched.close()
 
     def housekeep(self) -> None:
-        """Prune delivered entries and expired dedupe keys (bounded work per call)."""
+        """Fold the new entries' counts into the counters, prune delivered (and counted)
+        entries and expired dedupe keys (bounded work per call)."""
         queue = self.state.queue
+        queue.fold_counts()
         while queue.prune(self.sink_names) >= 5000:
             pass
         window = self.state.config["ingest"]["dedupe_window_days"] * 86400

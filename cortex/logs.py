@@ -54,10 +54,27 @@ class PlainFormatter(logging.Formatter):
         line = super().format(record)
         fields = getattr(record, "fields", None)
         if fields:
-            pairs = " ".join(f"{key}={_plain_value(value)}" for key, value in fields.items() if value is not None)
             head, newline, rest = line.partition("\n")
-            line = f"{head} {pairs}{newline}{rest}"
+            line = f"{head} {_plain_pairs(fields)}{newline}{rest}"
         return line
+
+
+def _plain_pairs(fields: dict[str, Any]) -> str:
+    """``key=value ...`` of the fields that are not None (a request line has a dozen: the
+    common kinds are written here without a call per value)."""
+    needs_quotes = _NEEDS_QUOTES.search
+    parts = []
+    for key, value in fields.items():
+        kind = type(value)
+        if kind is str:
+            if not value or needs_quotes(value):
+                value = orjson.dumps(value).decode()
+        elif value is None:
+            continue
+        elif kind is not int and kind is not float:
+            value = _plain_value(value)
+        parts.append(f"{key}={value}")
+    return " ".join(parts)
 
 
 class JsonFormatter(logging.Formatter):

@@ -25,6 +25,15 @@ still recognised.
 
 An entry stores what its records share (org, app, bundle fields, request context) once,
 and each record only its own fields; :meth:`SQLiteQueue.read` gives whole records back.
+
+The per-org counts (accepted, duplicate, rejected events) ride on the entries: each entry
+holds its request's three numbers, and housekeeping folds the entries' numbers into the
+``counters`` table now and then (:meth:`SQLiteQueue.fold_counts`; ``counted`` says up to
+which entry).  A commit so writes no counter row of its own: one page fewer per request, a
+sixth of a 1-event commit.  Entries are pruned only once counted, and
+:meth:`SQLiteQueue.counters` adds the entries not yet folded, so the counts are exact at
+any moment.  A request whose events were all duplicates has no entry and still counts
+straight into ``counters``.
 """
 
 
@@ -40,6 +49,9 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
 import orjson
+
+#: what the queue counts per org, in the order of the ``entries`` columns that carry them
+COUNTS = ("accepted", "duplicate", "rejected")
 
 #: ``PRAGMA user_version`` of a queue whose dedupe keys are stored plain (it held keys
 #: before grouping existed) and of one that stores them behind their group
@@ -60,7 +72,12 @@ CREATE TABLE IF NOT EXISTS entries (
     app_id INTEGER NOT NULL,
     count INTEGER NOT NULL,
     records BLOB NOT NULL,
-    enqueued_at REAL NOT NULL
+    enqueued_at REAL NOT NULL,
+    -- the request's counts, until fold_counts adds them to counters (NULL: entries of a
+    -- version that counted at commit)
+    accepted INTEGER,
+    duplicate INTEGER,
+    rejected INTEGER
 );
 -- lets the queue's depth in records be summed from the index alone (metrics, backpressure)
 CREATE INDEX IF NOT EXISTS entries_count ON entries (count);
@@ -103,6 +120,11 @@ CREATE TABLE IF NOT EXISTS counters (
     value INTEGER NOT NULL,
     PRIMARY KEY (org, name)
 ) WITHOUT ROWID;
+-- the entries up to seq are in counters (one row)
+CREATE TABLE IF NOT EXISTS counted (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    seq INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS enricher_errors (
     enricher TEXT NOT NULL,
     outcome TEXT NOT NULL,
@@ -231,6 +253,7 @@ class SQLiteQueue:
             conn.executescript(SCHEMA)
             _add_missing_columns(conn)
             _settle_key_layout(conn)
+            _settle_counted(conn)
         finally:
             conn.close()
 
@@ -310,19 +333,21 @@ class SQLiteQueue:
                 submission.stored_rejected = rejected
                 if records or rejected:
                     blob = orjson.dumps({"shared": submission.shared, "records": records, "rejected": rejected})
-                    entries.append((submission.org, submission.app_id, len(records) + len(rejected), blob, now))
-                error_rows.extend(
-                    (submission.org, submission.app_id, r["id"], r["received_at"], orjson.dumps(r),
-                     r.get("request_id"))
-                    for r in rejected
-                )
-                for name in ("accepted", "duplicate", "rejected"):
-                    value = getattr(submission, f"{name}_count")
-                    if value:
-                        counts[(submission.org, name)] = counts.get((submission.org, name), 0) + value
+                    entries.append((submission.org, submission.app_id, len(records) + len(rejected), blob, now,
+                                    submission.accepted_count, submission.duplicate_count,
+                                    submission.rejected_count))
+                    error_rows.extend(
+                        (submission.org, submission.app_id, r["id"], r["received_at"], orjson.dumps(r),
+                         r.get("request_id"))
+                        for r in rejected
+                    )
+                elif submission.duplicate_count:  # all duplicates: no entry to carry the count
+                    key = (submission.org, "duplicate")
+                    counts[key] = counts.get(key, 0) + submission.duplicate_count
             if entries:
                 conn.executemany(
-                    "INSERT INTO entries (org, app_id, count, records, enqueued_at) VALUES (?,?,?,?,?)",
+                    "INSERT INTO entries (org, app_id, count, records, enqueued_at, accepted, duplicate, rejected) "
+                    "VALUES (?,?,?,?,?,?,?,?)",
                     entries,
                 )
             if error_rows:
@@ -480,7 +505,8 @@ class SQLiteQueue:
         if not sinks:
             return 0
         marks = [self.cursor(sink) for sink in sinks]
-        floor = min(marks)
+        # an entry's counts must be folded into the counters before it goes
+        floor = min(min(marks), self.counted())
         cur = self._write(
             "DELETE FROM entries WHERE seq IN (SELECT seq FROM entries WHERE seq <= ? ORDER BY seq LIMIT ?)",
             (floor, batch),
@@ -525,12 +551,65 @@ class SQLiteQueue:
         """Copy the WAL back into the database without waiting for readers (housekeeping)."""
         self.reader.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
+    def counted(self) -> int:
+        """The seq up to which the entries' counts are in the ``counters`` table."""
+        row = self.reader.execute("SELECT seq FROM counted").fetchone()
+        return row[0] if row else 0
+
+    def fold_counts(self) -> int:
+        """Add the counts of the entries not yet counted to ``counters`` (housekeeping;
+        before they may be pruned); returns how many entries it counted."""
+        with self.write_lock():
+            conn = self.reader
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                mark = conn.execute("SELECT seq FROM counted").fetchone()[0]
+                rows = conn.execute(
+                    "SELECT org, coalesce(sum(accepted), 0), coalesce(sum(duplicate), 0), "
+                    "coalesce(sum(rejected), 0), max(seq), count(*) FROM entries WHERE seq > ? GROUP BY org",
+                    (mark,),
+                ).fetchall()
+                if rows:
+                    conn.executemany(
+                        "INSERT INTO counters (org, name, value) VALUES (?,?,?) "
+                        "ON CONFLICT (org, name) DO UPDATE SET value = value + excluded.value",
+                        [(org, name, value) for org, *values, _, _ in rows
+                         for name, value in zip(COUNTS, values) if value],
+                    )
+                    conn.execute("UPDATE counted SET seq = ?", (max(row[4] for row in rows),))
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        return sum(row[5] for row in rows)
+
     # status --------------------------------------------------------------------------------
     def counters(self) -> dict[str, dict[str, int]]:
-        """org -> {accepted, duplicate, rejected} since the queue was created."""
+        """org -> {accepted, duplicate, rejected} since the queue was created: the folded
+        counts plus those of the entries not yet folded, read in one snapshot."""
         result: dict[str, dict[str, int]] = {}
-        for org, name, value in self.reader.execute("SELECT org, name, value FROM counters"):
-            result.setdefault(org, {"accepted": 0, "duplicate": 0, "rejected": 0})[name] = value
+
+        def add(org: str, name: str, value: int) -> None:
+            counts = result.setdefault(org, dict.fromkeys(COUNTS, 0))
+            counts[name] += value
+
+        conn = self.reader
+        conn.execute("BEGIN")
+        try:
+            for org, name, value in conn.execute("SELECT org, name, value FROM counters"):
+                add(org, name, value)
+            mark = conn.execute("SELECT seq FROM counted").fetchone()
+            unfolded = conn.execute(
+                "SELECT org, coalesce(sum(accepted), 0), coalesce(sum(duplicate), 0), coalesce(sum(rejected), 0) "
+                "FROM entries WHERE seq > ? GROUP BY org",
+                (mark[0] if mark else 0,),
+            )
+            for org, *values in unfolded:
+                for name, value in zip(COUNTS, values):
+                    add(org, name, value)
+        finally:
+            conn.execute("COMMIT")
         return result
 
     def count_enricher_errors(self, enricher: str, counts: dict[str, int]) -> None:
@@ -642,15 +721,40 @@ def _settle_key_layout(conn: sqlite3.Connection) -> None:
         raise
 
 
+#: table -> columns added since it was first released, with their SQL type
+ADDED_COLUMNS = {
+    "ingest_errors": (("request_id", "TEXT"),),
+    "entries": (("accepted", "INTEGER"), ("duplicate", "INTEGER"), ("rejected", "INTEGER")),
+}
+
+
 def _add_missing_columns(conn: sqlite3.Connection) -> None:
     """Bring tables made by an older Cortex up to the current schema."""
-    columns = {row[1] for row in conn.execute("PRAGMA table_info(ingest_errors)")}
-    if "request_id" not in columns:
-        try:
-            conn.execute("ALTER TABLE ingest_errors ADD COLUMN request_id TEXT")
-        except sqlite3.OperationalError as error:  # another process added it first
-            if "duplicate column" not in str(error):
-                raise
+    for table, added in ADDED_COLUMNS.items():
+        columns = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        for name, sql_type in added:
+            if name in columns:
+                continue
+            try:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {sql_type}")
+            except sqlite3.OperationalError as error:  # another process added it first
+                if "duplicate column" not in str(error):
+                    raise
+
+
+def _settle_counted(conn: sqlite3.Connection) -> None:
+    """Start the ``counted`` mark of a queue that has none: at its newest entry, whose
+    counts (like all before it, from a version that counted at commit) are in ``counters``."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if conn.execute("SELECT 1 FROM counted").fetchone() is None:
+            row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'entries'").fetchone()
+            conn.execute("INSERT INTO counted (id, seq) VALUES (1, ?)", (row[0] if row else 0,))
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
 
 
 def expand(entry: Any) -> list[dict]:

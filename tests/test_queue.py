@@ -163,3 +163,74 @@ def test_a_large_submission_with_some_keys_seen_before_keeps_only_the_new_record
     stored = [record["id"] for entry in queue.iter_all() for record in entry.records]
     assert sorted(stored) == sorted([f"a{i}" for i in range(30)] + [f"b{i}" for i in range(20)])
     assert queue.reader.execute("SELECT count(*) FROM dedupe").fetchone()[0] == 50
+
+
+def counters_rows(queue) -> dict[tuple[str, str], int]:
+    return {(org, name): value for org, name, value in queue.reader.execute("SELECT org, name, value FROM counters")}
+
+
+def test_counts_stay_exact_as_entries_are_folded_into_the_counters_and_pruned(tmp_path):
+    queue = SQLiteQueue(str(tmp_path / "q.db"))
+    queue.create_schema()
+    queue.submit(Submission("a", 1, keyed("x", 4), keyed("bad", 1)))
+    queue.submit(Submission("b", 2, keyed("y", 3), []))
+    queue.submit(Submission("a", 1, keyed("x", 2), []))  # all duplicates: no entry
+    expected = {"a": {"accepted": 4, "duplicate": 2, "rejected": 1}, "b": {"accepted": 3, "duplicate": 0, "rejected": 0}}
+    # the commits wrote only the all-duplicates request's count; the rest rides on the entries
+    assert counters_rows(queue) == {("a", "duplicate"): 2}
+    assert queue.counters() == expected
+    # a sink has every entry, but they are not counted yet: none may go
+    queue.cursor("sql")
+    queue.advance("sql", queue.head(), 8)
+    assert queue.prune(["sql"]) == 0
+    assert queue.fold_counts() == 2
+    assert queue.counted() == queue.head()
+    assert counters_rows(queue) == {("a", "accepted"): 4, ("a", "duplicate"): 2, ("a", "rejected"): 1,
+                                    ("b", "accepted"): 3}
+    assert queue.counters() == expected
+    assert queue.fold_counts() == 0
+    assert queue.prune(["sql"]) == 2
+    assert queue.counters() == expected
+    queue.submit(Submission("b", 2, keyed("z", 5), []))
+    assert queue.counters()["b"] == {"accepted": 8, "duplicate": 0, "rejected": 0}
+
+
+def test_the_dispatchers_housekeeping_folds_the_counts_before_it_prunes(cortex):
+    events = [{"type": "event", "event_datetime": iso(), "event_index": i, "kingdom": "k"} for i in range(3)]
+    bundle = cortex.bundle(events)
+    assert cortex.post(bundle).status_code == 200
+    assert cortex.post(bundle).status_code == 200
+    cortex.deliver()
+    queue = cortex.state.queue
+    assert queue.depth()["entries"] == 0
+    assert counters_rows(queue) == {("demo", "accepted"): 3, ("demo", "duplicate"): 3}
+    assert queue.counters()["demo"] == {"accepted": 3, "duplicate": 3, "rejected": 0}
+
+
+def test_a_queue_that_counted_at_commit_is_not_counted_twice_after_an_upgrade(tmp_path):
+    import sqlite3
+
+    path = str(tmp_path / "q.db")
+    # what an older version left: entries without counts, their counts already in counters
+    conn = sqlite3.connect(path)
+    conn.executescript("""
+        CREATE TABLE entries (seq INTEGER PRIMARY KEY AUTOINCREMENT, org TEXT NOT NULL, app_id INTEGER NOT NULL,
+                              count INTEGER NOT NULL, records BLOB NOT NULL, enqueued_at REAL NOT NULL);
+        CREATE TABLE counters (org TEXT NOT NULL, name TEXT NOT NULL, value INTEGER NOT NULL,
+                               PRIMARY KEY (org, name)) WITHOUT ROWID;
+        INSERT INTO counters VALUES ('org', 'accepted', 7), ('org', 'duplicate', 1);
+    """)
+    blob = orjson.dumps({"shared": {}, "records": [{"id": f"r{i}"} for i in range(7)], "rejected": []})
+    conn.execute("INSERT INTO entries (org, app_id, count, records, enqueued_at) VALUES ('org', 1, 7, ?, 0)", (blob,))
+    conn.commit()
+    conn.close()
+    queue = SQLiteQueue(path)
+    queue.create_schema()
+    assert queue.counters() == {"org": {"accepted": 7, "duplicate": 1, "rejected": 0}}
+    assert queue.counted() == 1
+    queue.submit(Submission("org", 1, keyed("new", 2), []))
+    assert queue.fold_counts() == 1
+    assert queue.counters() == {"org": {"accepted": 9, "duplicate": 1, "rejected": 0}}
+    queue.cursor("file")
+    queue.advance("file", queue.head(), 9)
+    assert queue.prune(["file"]) == 2
