@@ -96,7 +96,8 @@ DEFAULTS: dict[str, Any] = {
     "dispatcher": {
         # run the dispatcher inside the server (one elected worker) or only in `cortex worker`
         "embedded": True,
-        "batch_size": 1000,
+        # records per batch (a sink may split it: the http sink posts max_records at a time)
+        "batch_size": 5000,
         "poll_interval": 0.2,
         # when a batch comes out small, wait this long so the next one can fill up
         "batch_wait": 0.05,
