@@ -71,13 +71,14 @@ CREATE TABLE IF NOT EXISTS entries (
     org TEXT NOT NULL,
     app_id INTEGER NOT NULL,
     count INTEGER NOT NULL,
-    records BLOB NOT NULL,
-    enqueued_at REAL NOT NULL,
     -- the request's counts, until fold_counts adds them to counters (NULL: entries of a
-    -- version that counted at commit)
+    -- version that counted at commit); before the records, so that summing them does not
+    -- read a large entry's overflow pages (a queue that gained them later has them last)
     accepted INTEGER,
     duplicate INTEGER,
-    rejected INTEGER
+    rejected INTEGER,
+    records BLOB NOT NULL,
+    enqueued_at REAL NOT NULL
 );
 -- lets the queue's depth in records be summed from the index alone (metrics, backpressure)
 CREATE INDEX IF NOT EXISTS entries_count ON entries (count);
@@ -559,30 +560,35 @@ class SQLiteQueue:
     def fold_counts(self) -> int:
         """Add the counts of the entries not yet counted to ``counters`` (housekeeping;
         before they may be pruned); returns how many entries it counted."""
+        conn = self.reader
+        mark = self.counted()
+        top = conn.execute("SELECT max(seq) FROM entries").fetchone()[0]
+        if top is None or top <= mark:
+            return 0
+        # read without the writer lock: the entries up to ``top`` do not change, and none
+        # after the mark is pruned (requests keep committing meanwhile)
+        rows = conn.execute(
+            "SELECT org, coalesce(sum(accepted), 0), coalesce(sum(duplicate), 0), coalesce(sum(rejected), 0), "
+            "count(*) FROM entries WHERE seq > ? AND seq <= ? GROUP BY org",
+            (mark, top),
+        ).fetchall()
         with self.write_lock():
-            conn = self.reader
             conn.execute("BEGIN IMMEDIATE")
             try:
-                mark = conn.execute("SELECT seq FROM counted").fetchone()[0]
-                rows = conn.execute(
-                    "SELECT org, coalesce(sum(accepted), 0), coalesce(sum(duplicate), 0), "
-                    "coalesce(sum(rejected), 0), max(seq), count(*) FROM entries WHERE seq > ? GROUP BY org",
-                    (mark,),
-                ).fetchall()
-                if rows:
+                moved = conn.execute("UPDATE counted SET seq = ? WHERE seq = ?", (top, mark)).rowcount
+                if moved:  # else another process folded these entries first
                     conn.executemany(
                         "INSERT INTO counters (org, name, value) VALUES (?,?,?) "
                         "ON CONFLICT (org, name) DO UPDATE SET value = value + excluded.value",
-                        [(org, name, value) for org, *values, _, _ in rows
+                        [(org, name, value) for org, *values, _ in rows
                          for name, value in zip(COUNTS, values) if value],
                     )
-                    conn.execute("UPDATE counted SET seq = ?", (max(row[4] for row in rows),))
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
-        return sum(row[5] for row in rows)
+        return sum(row[-1] for row in rows) if moved else 0
 
     # status --------------------------------------------------------------------------------
     def counters(self) -> dict[str, dict[str, int]]:

@@ -234,3 +234,17 @@ def test_a_queue_that_counted_at_commit_is_not_counted_twice_after_an_upgrade(tm
     queue.cursor("file")
     queue.advance("file", queue.head(), 9)
     assert queue.prune(["file"]) == 2
+
+
+def test_entries_folded_by_another_process_meanwhile_are_not_counted_twice(tmp_path, monkeypatch):
+    path = str(tmp_path / "q.db")
+    first, second = SQLiteQueue(path), SQLiteQueue(path)
+    first.create_schema()
+    first.submit(Submission("org", 1, keyed("x", 3), []))
+    stale_mark = second.counted()
+    assert first.fold_counts() == 1
+    # the second read the mark before the first folded: its update finds the mark moved
+    monkeypatch.setattr(second, "counted", lambda: stale_mark)
+    assert second.fold_counts() == 0
+    assert counters_rows(first) == {("org", "accepted"): 3}
+    assert first.counters() == {"org": {"accepted": 3, "duplicate": 0, "rejected": 0}}
