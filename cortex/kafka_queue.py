@@ -32,7 +32,9 @@ from typing import Any, Iterable
 import orjson
 
 from cortex.dispatcher import SinkRunner
-from cortex.queue import Entry, QueueUnavailable, SQLiteQueue, Submission, expand
+from cortex.queue import (
+    ADD_TO_COUNTERS, COUNTS, Entry, QueueUnavailable, SQLiteQueue, Submission, expand, write_transaction,
+)
 
 log = logging.getLogger("cortex.queue.kafka")
 
@@ -220,24 +222,16 @@ class KafkaQueue:
         """This node's ingest error log and counters (best effort: the events are in Kafka)."""
         rows = [(submission.org, submission.app_id, r["id"], r["received_at"], orjson.dumps(r)) for r in rejected]
         counts = [(submission.org, name, getattr(submission, f"{name}_count"))
-                  for name in ("accepted", "duplicate", "rejected") if getattr(submission, f"{name}_count")]
+                  for name in COUNTS if getattr(submission, f"{name}_count")]
         if not rows and not counts:
             return
         try:
-            with self.local.write_lock():
-                conn = self.local.writer
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    if rows:
-                        conn.executemany("INSERT INTO ingest_errors (org, app_id, record_id, received_at, record) "
-                                         "VALUES (?,?,?,?,?)", rows)
-                    conn.executemany("INSERT INTO counters (org, name, value) VALUES (?,?,?) ON CONFLICT (org, name) "
-                                     "DO UPDATE SET value = value + excluded.value", counts)
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
+            conn = self.local.writer
+            with self.local.write_lock(), write_transaction(conn):
+                if rows:
+                    conn.executemany("INSERT INTO ingest_errors (org, app_id, record_id, received_at, record) "
+                                     "VALUES (?,?,?,?,?)", rows)
+                conn.executemany(ADD_TO_COUNTERS, counts)
         except Exception:  # noqa: BLE001
             log.exception("could not record the ingest log and counters locally")
 

@@ -23,9 +23,6 @@ _NEEDS_QUOTES = re.compile(r'[ "=\n\t]')
 
 
 def _plain_value(value: Any) -> str:
-    kind = type(value)
-    if kind is int or kind is float:  # most of a request line's values: never quoted
-        return str(value)
     text = value if isinstance(value, str) else orjson.dumps(value).decode() if isinstance(value, (dict, list)) else str(value)
     if not text or _NEEDS_QUOTES.search(text):
         return orjson.dumps(text).decode()

@@ -52,6 +52,11 @@ import orjson
 
 #: what the queue counts per org, in the order of the ``entries`` columns that carry them
 COUNTS = ("accepted", "duplicate", "rejected")
+#: the sums of those columns, in that order
+SUM_COUNTS = "coalesce(sum(accepted), 0), coalesce(sum(duplicate), 0), coalesce(sum(rejected), 0)"
+#: adds (org, name, value) rows to the per-org counters
+ADD_TO_COUNTERS = ("INSERT INTO counters (org, name, value) VALUES (?,?,?) "
+                   "ON CONFLICT (org, name) DO UPDATE SET value = value + excluded.value")
 
 #: ``PRAGMA user_version`` of a queue whose dedupe keys are stored plain (it held keys
 #: before grouping existed) and of one that stores them behind their group
@@ -315,8 +320,7 @@ class SQLiteQueue:
             self._groups_keys = conn.execute("PRAGMA user_version").fetchone()[0] == GROUPED_KEYS
         now = time.time()
         seen = int(now)
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with write_transaction(conn):
             counts: dict[tuple[str, str], int] = {}
             entries = []
             error_rows = []
@@ -358,16 +362,7 @@ class SQLiteQueue:
                     error_rows,
                 )
             if counts:
-                conn.executemany(
-                    "INSERT INTO counters (org, name, value) VALUES (?,?,?) "
-                    "ON CONFLICT (org, name) DO UPDATE SET value = value + excluded.value",
-                    [(org, name, value) for (org, name), value in counts.items()],
-                )
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+                conn.executemany(ADD_TO_COUNTERS, [(org, name, value) for (org, name), value in counts.items()])
 
     @staticmethod
     def _claim_keys(conn, keyed: list[tuple[bytes, dict]], seen: int, prefix: bytes) -> set[bytes]:
@@ -568,26 +563,14 @@ class SQLiteQueue:
         # read without the writer lock: the entries up to ``top`` do not change, and none
         # after the mark is pruned (requests keep committing meanwhile)
         rows = conn.execute(
-            "SELECT org, coalesce(sum(accepted), 0), coalesce(sum(duplicate), 0), coalesce(sum(rejected), 0), "
-            "count(*) FROM entries WHERE seq > ? AND seq <= ? GROUP BY org",
+            f"SELECT org, {SUM_COUNTS}, count(*) FROM entries WHERE seq > ? AND seq <= ? GROUP BY org",
             (mark, top),
         ).fetchall()
-        with self.write_lock():
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                moved = conn.execute("UPDATE counted SET seq = ? WHERE seq = ?", (top, mark)).rowcount
-                if moved:  # else another process folded these entries first
-                    conn.executemany(
-                        "INSERT INTO counters (org, name, value) VALUES (?,?,?) "
-                        "ON CONFLICT (org, name) DO UPDATE SET value = value + excluded.value",
-                        [(org, name, value) for org, *values, _ in rows
-                         for name, value in zip(COUNTS, values) if value],
-                    )
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+        with self.write_lock(), write_transaction(conn):
+            moved = conn.execute("UPDATE counted SET seq = ? WHERE seq = ?", (top, mark)).rowcount
+            if moved:  # else another process folded these entries first
+                conn.executemany(ADD_TO_COUNTERS, [(org, name, value) for org, *values, _ in rows
+                                                   for name, value in zip(COUNTS, values) if value])
         return sum(row[-1] for row in rows) if moved else 0
 
     # status --------------------------------------------------------------------------------
@@ -607,8 +590,7 @@ class SQLiteQueue:
                 add(org, name, value)
             mark = conn.execute("SELECT seq FROM counted").fetchone()
             unfolded = conn.execute(
-                "SELECT org, coalesce(sum(accepted), 0), coalesce(sum(duplicate), 0), coalesce(sum(rejected), 0) "
-                "FROM entries WHERE seq > ? GROUP BY org",
+                f"SELECT org, {SUM_COUNTS} FROM entries WHERE seq > ? GROUP BY org",
                 (mark[0] if mark else 0,),
             )
             for org, *values in unfolded:
@@ -699,6 +681,34 @@ class SQLiteQueue:
         yield from self.read(0, 10**12)
 
 
+class write_transaction:  # noqa: N801 - used like a function, as contextlib's helpers are
+    """``with write_transaction(conn):`` a write transaction (``BEGIN IMMEDIATE``) on
+    ``conn``, committed when the block ends and rolled back when it (or the commit) raises.
+    A class rather than ``@contextmanager``: every request's commit goes through it."""
+
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        conn = self.conn
+        if exc_type is None:
+            try:
+                conn.execute("COMMIT")
+                return
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+
+
 def _once_each(keyed: list[tuple[bytes, dict]], fresh: set[bytes]) -> list[dict]:
     """The records whose key is new, each key once: two events of one bundle with the same
     key (an SDK that sent one ``event_index`` twice) are one event, and the second is a
@@ -715,16 +725,10 @@ def _once_each(keyed: list[tuple[bytes, dict]], fresh: set[bytes]) -> list[dict]
 def _settle_key_layout(conn: sqlite3.Connection) -> None:
     """Record the dedupe key layout of a queue that has none yet: grouped when it holds no
     keys, plain when it holds keys from a version that stored them plain."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with write_transaction(conn):
         if conn.execute("PRAGMA user_version").fetchone()[0] == 0:
             has_keys = conn.execute("SELECT 1 FROM dedupe LIMIT 1").fetchone() is not None
             conn.execute(f"PRAGMA user_version = {PLAIN_KEYS if has_keys else GROUPED_KEYS}")
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
 
 
 #: table -> columns added since it was first released, with their SQL type
@@ -751,16 +755,10 @@ def _add_missing_columns(conn: sqlite3.Connection) -> None:
 def _settle_counted(conn: sqlite3.Connection) -> None:
     """Start the ``counted`` mark of a queue that has none: at its newest entry, whose
     counts (like all before it, from a version that counted at commit) are in ``counters``."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with write_transaction(conn):
         if conn.execute("SELECT 1 FROM counted").fetchone() is None:
             row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'entries'").fetchone()
             conn.execute("INSERT INTO counted (id, seq) VALUES (1, ?)", (row[0] if row else 0,))
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
 
 
 def expand(entry: Any) -> list[dict]:

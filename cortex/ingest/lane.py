@@ -26,7 +26,7 @@ from werkzeug.http import HTTP_STATUS_CODES
 from werkzeug.wsgi import get_content_length
 
 from cortex.errors import ADVICE
-from cortex.ingest.views import CORS_HEADERS, Answer, allowed_headers, answer_bundle
+from cortex.ingest.views import CORS_HEADERS, Answer, allowed_headers, answer_bundle, wsgi_text
 from cortex.requestlog import REQUEST_ID_HEADER, RequestLog, RequestTrace, incoming_request_id
 
 log = logging.getLogger("cortex")
@@ -47,16 +47,6 @@ INTERNAL_ERROR = Answer(500, f"500 Internal Server Error: {ADVICE[500]}".encode(
 def status_line(status: int) -> str:
     """The status line Flask would send (werkzeug's upper-case reason phrase)."""
     return f"{status} {HTTP_STATUS_CODES.get(status, 'Unknown').upper()}"
-
-
-def wsgi_text(value: str) -> str:
-    """A path part as the client sent it: WSGI gives UTF-8 bytes as latin-1 text."""
-    if value.isascii():
-        return value
-    try:
-        return value.encode("latin-1").decode("utf-8", "replace")
-    except UnicodeEncodeError:
-        return value
 
 
 class IngestLane:

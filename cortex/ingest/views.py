@@ -85,6 +85,16 @@ def header_text(environ: dict, name: str, limit: int = MAX_HEADER_CHARS) -> str 
     return None if value is None else strip_control(value[:limit])
 
 
+def wsgi_text(value: str) -> str:
+    """A path or query as the client sent it: WSGI gives UTF-8 bytes as latin-1 text."""
+    if value.isascii():
+        return value
+    try:
+        return value.encode("latin-1").decode("utf-8", "replace")
+    except UnicodeEncodeError:
+        return value
+
+
 def query_value(environ: dict, name: str) -> str | None:
     """The first value of query parameter ``name`` (None when absent)."""
     query = environ.get("QUERY_STRING")
@@ -93,11 +103,7 @@ def query_value(environ: dict, name: str) -> str | None:
     if query.startswith(name + "=") and not any(c in query for c in "&%+;"):
         # what SDKs send, ?current_time=<ISO time>, needs no parsing
         return query[len(name) + 1:]
-    try:  # WSGI gives the query's bytes as latin-1 text
-        query = query.encode("latin-1").decode("utf-8", "replace")
-    except UnicodeEncodeError:
-        pass
-    values = parse_qs(query, keep_blank_values=True).get(name)
+    values = parse_qs(wsgi_text(query), keep_blank_values=True).get(name)
     return values[0] if values else None
 
 
