@@ -12,8 +12,10 @@ a process commits, the others queue up behind it and the next commit takes them 
 fsync serves many requests.
 
 Writers of all processes queue on an exclusive ``flock`` of ``<queue>.lock`` before they
-open a write transaction: a waiting process wakes the moment the lock is free, where
-SQLite's own busy handler would sleep for milliseconds.  WAL checkpoints are left to the
+open a write transaction (the threads of one process first take turns on a lock of their
+own, since an ``flock`` belongs to the process): a waiting writer wakes the moment the lock
+is free, where SQLite's own busy handler would sleep for milliseconds, holding up every
+writer queued behind it.  WAL checkpoints are left to the
 dispatcher's housekeeping (``checkpoint()``), so requests do not pay for them.
 
 Each dedupe key is stored behind its device's four-byte group
@@ -22,6 +24,12 @@ dedupe index and a commit writes one or two of its pages, not one page per event
 that held keys before grouping existed keep storing them plain (``PRAGMA user_version``
 records which layout a queue has), so retries of events accepted before an upgrade are
 still recognised.
+
+An entry's ``seq`` is one more than the newest entry's, and a seq is never used twice,
+since the sinks' cursors are seqs: when the queue has been pruned empty, the next entry
+follows the ``counted`` mark, which is at or past every entry ever pruned.  (SQLite's
+``AUTOINCREMENT`` would keep that mark itself, at the price of one more page written by
+every commit; queues made before this keep it, harmlessly.)
 
 An entry stores what its records share (org, app, bundle fields, request context) once,
 and each record only its own fields; :meth:`SQLiteQueue.read` gives whole records back.
@@ -66,13 +74,21 @@ PLAIN_KEYS, GROUPED_KEYS = 1, 2
 #: ``_claim_keys``); below it, asking which are new costs less than the extra statements
 ASSUME_NEW_KEYS = 16
 
+#: the seq of a new entry: after the newest entry, or when the queue was pruned empty,
+#: after the ``counted`` mark (no entry after it was pruned); ``coalesce`` reads the mark
+#: only then
+NEXT_SEQ = "coalesce((SELECT max(seq) FROM entries), (SELECT seq FROM counted), 0) + 1"
+#: the seq of the newest entry there ever was (0: none yet)
+HEAD_SEQ = "SELECT coalesce((SELECT max(seq) FROM entries), (SELECT seq FROM counted), 0)"
+
 #: pages the WAL may grow to before a writer checkpoints it itself (the dispatcher normally
 #: does it first); bounds the WAL when no dispatcher runs
 WAL_AUTOCHECKPOINT_PAGES = 16384
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    -- never reused: see NEXT_SEQ
+    seq INTEGER PRIMARY KEY,
     org TEXT NOT NULL,
     app_id INTEGER NOT NULL,
     count INTEGER NOT NULL,
@@ -187,6 +203,7 @@ class SQLiteQueue:
         self._pid = None
         self._writer: sqlite3.Connection | None = None
         self._lock_file = None
+        self._thread_lock = threading.Lock()
         self._local = threading.local()
         self._cond = threading.Condition()
         self._pending: list[tuple[Submission, dict]] = []
@@ -215,6 +232,7 @@ class SQLiteQueue:
             self._writer = None
             self._groups_keys = None
             self._lock_file = None
+            self._thread_lock = threading.Lock()
             self._local = threading.local()
 
     @property
@@ -235,15 +253,19 @@ class SQLiteQueue:
 
     @contextmanager
     def write_lock(self):
-        """Hold the cross-process writer lock (see the module docstring)."""
+        """Hold the writer lock of all processes and threads (see the module docstring)."""
         self._check_fork()
-        if self._lock_file is None:
-            self._lock_file = open(self.path + ".lock", "a+")
-        fcntl.flock(self._lock_file, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+        # an flock is held by the process (its open file), not by a thread: a second thread
+        # of this process would get it at once, and the first one's unlock would free it
+        # while the second still writes, so the threads take turns first
+        with self._thread_lock:
+            if self._lock_file is None:
+                self._lock_file = open(self.path + ".lock", "a+")
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(self._lock_file, fcntl.LOCK_UN)
 
     def _write(self, sql: str, params: Any = (), many: bool = False) -> sqlite3.Cursor:
         """One write statement on this thread's connection, under the writer lock."""
@@ -351,8 +373,8 @@ class SQLiteQueue:
                     counts[key] = counts.get(key, 0) + submission.duplicate_count
             if entries:
                 conn.executemany(
-                    "INSERT INTO entries (org, app_id, count, records, enqueued_at, accepted, duplicate, rejected) "
-                    "VALUES (?,?,?,?,?,?,?,?)",
+                    "INSERT INTO entries (seq, org, app_id, count, records, enqueued_at, accepted, duplicate, rejected) "
+                    f"VALUES ({NEXT_SEQ},?,?,?,?,?,?,?,?)",
                     entries,
                 )
             if error_rows:
@@ -415,8 +437,7 @@ class SQLiteQueue:
 
     def head(self) -> int:
         """The seq of the newest entry (0 when the queue has never held one)."""
-        row = self.reader.execute("SELECT seq FROM sqlite_sequence WHERE name = 'entries'").fetchone()
-        return row[0] if row else 0
+        return self.reader.execute(HEAD_SEQ).fetchone()[0]
 
     def cursor(self, sink: str) -> int:
         """The last seq ``sink`` has; a new sink starts at the oldest entry still queued."""
@@ -757,8 +778,13 @@ def _settle_counted(conn: sqlite3.Connection) -> None:
     counts (like all before it, from a version that counted at commit) are in ``counters``."""
     with write_transaction(conn):
         if conn.execute("SELECT 1 FROM counted").fetchone() is None:
-            row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'entries'").fetchone()
-            conn.execute("INSERT INTO counted (id, seq) VALUES (1, ?)", (row[0] if row else 0,))
+            # a queue of an older version numbers its entries with AUTOINCREMENT, whose
+            # record of the newest seq outlives the entries pruned
+            legacy = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'sqlite_sequence'").fetchone()
+            row = conn.execute(
+                "SELECT seq FROM sqlite_sequence WHERE name = 'entries'" if legacy else "SELECT max(seq) FROM entries"
+            ).fetchone()
+            conn.execute("INSERT INTO counted (id, seq) VALUES (1, ?)", (row[0] if row and row[0] else 0,))
 
 
 def expand(entry: Any) -> list[dict]:

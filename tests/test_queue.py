@@ -248,3 +248,82 @@ def test_entries_folded_by_another_process_meanwhile_are_not_counted_twice(tmp_p
     assert second.fold_counts() == 0
     assert counters_rows(first) == {("org", "accepted"): 3}
     assert first.counters() == {"org": {"accepted": 3, "duplicate": 0, "rejected": 0}}
+
+
+def delivered_and_pruned(queue: SQLiteQueue, sink: str = "sql") -> int:
+    """Let ``sink`` have every entry, fold the counts and prune; returns how many went."""
+    queue.advance(sink, queue.head(), 0)
+    queue.fold_counts()
+    return queue.prune([sink])
+
+
+def test_a_queue_pruned_empty_never_gives_a_seq_twice(tmp_path):
+    queue = SQLiteQueue(str(tmp_path / "q.db"))
+    queue.create_schema()
+    queue.cursor("sql")
+    queue.submit(Submission("org", 1, keyed("a", 1), []))
+    queue.submit(Submission("org", 1, keyed("b", 1), []))
+    assert queue.head() == 2
+    assert delivered_and_pruned(queue) == 2
+    assert queue.depth()["entries"] == 0
+    # the newest entry is gone: the head is still where it was, and the next entry follows
+    # it, so the sink (whose cursor is at 2) does not skip it
+    assert queue.head() == 2
+    queue.submit(Submission("org", 1, keyed("c", 1), []))
+    assert [entry.seq for entry in queue.read(queue.cursor("sql"), 100)] == [3]
+    # a new process sees the same
+    other = SQLiteQueue(queue.path)
+    assert other.head() == 3
+
+
+def test_a_queue_numbered_by_autoincrement_and_pruned_empty_continues_after_its_newest_seq(tmp_path):
+    import sqlite3
+
+    path = str(tmp_path / "q.db")
+    # an older version's queue: AUTOINCREMENT numbering, every entry delivered and pruned
+    conn = sqlite3.connect(path)
+    conn.executescript("""
+        CREATE TABLE entries (seq INTEGER PRIMARY KEY AUTOINCREMENT, org TEXT NOT NULL, app_id INTEGER NOT NULL,
+                              count INTEGER NOT NULL, records BLOB NOT NULL, enqueued_at REAL NOT NULL);
+        CREATE TABLE cursors (sink TEXT PRIMARY KEY, seq INTEGER NOT NULL, delivered INTEGER NOT NULL DEFAULT 0,
+                              updated_at REAL NOT NULL);
+    """)
+    for _ in range(5):
+        conn.execute("INSERT INTO entries (org, app_id, count, records, enqueued_at) VALUES ('org', 1, 1, x'5b5d', 0)")
+    conn.execute("DELETE FROM entries")
+    conn.execute("INSERT INTO cursors VALUES ('sql', 5, 5, 0)")
+    conn.commit()
+    conn.close()
+    queue = SQLiteQueue(path)
+    queue.create_schema()
+    assert queue.head() == 5
+    queue.submit(Submission("org", 1, keyed("new", 1), []))
+    assert [entry.seq for entry in queue.read(queue.cursor("sql"), 100)] == [6]
+
+
+def test_the_writer_lock_keeps_out_the_other_threads_of_the_process(tmp_path):
+    # an flock alone is the process's: the dispatcher's threads and the request thread
+    # would all hold it at once, and SQLite's busy handler would sleep inside it
+    queue = SQLiteQueue(str(tmp_path / "q.db"))
+    queue.create_schema()
+    holding, release, entered = threading.Event(), threading.Event(), threading.Event()
+
+    def first() -> None:
+        with queue.write_lock():
+            holding.set()
+            release.wait(10)
+
+    def second() -> None:
+        holding.wait(10)
+        with queue.write_lock():
+            entered.set()
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    assert holding.wait(10)
+    assert not entered.wait(0.3), "a second thread got the writer lock while the first held it"
+    release.set()
+    assert entered.wait(10)
+    for thread in threads:
+        thread.join(10)
