@@ -207,23 +207,30 @@ def test_the_dispatchers_housekeeping_folds_the_counts_before_it_prunes(cortex):
     assert queue.counters()["demo"] == {"accepted": 3, "duplicate": 3, "rejected": 0}
 
 
-def test_a_queue_that_counted_at_commit_is_not_counted_twice_after_an_upgrade(tmp_path):
+def older_queue(path: str, script: str) -> None:
+    """Make at ``path`` the entries table of an older version (counts not on the entries,
+    seqs by AUTOINCREMENT), then run ``script``."""
     import sqlite3
 
-    path = str(tmp_path / "q.db")
-    # what an older version left: entries without counts, their counts already in counters
     conn = sqlite3.connect(path)
     conn.executescript("""
         CREATE TABLE entries (seq INTEGER PRIMARY KEY AUTOINCREMENT, org TEXT NOT NULL, app_id INTEGER NOT NULL,
                               count INTEGER NOT NULL, records BLOB NOT NULL, enqueued_at REAL NOT NULL);
+    """ + script)
+    conn.commit()
+    conn.close()
+
+
+def test_a_queue_that_counted_at_commit_is_not_counted_twice_after_an_upgrade(tmp_path):
+    path = str(tmp_path / "q.db")
+    # what an older version left: entries without counts, their counts already in counters
+    blob = orjson.dumps({"shared": {}, "records": [{"id": f"r{i}"} for i in range(7)], "rejected": []})
+    older_queue(path, f"""
         CREATE TABLE counters (org TEXT NOT NULL, name TEXT NOT NULL, value INTEGER NOT NULL,
                                PRIMARY KEY (org, name)) WITHOUT ROWID;
         INSERT INTO counters VALUES ('org', 'accepted', 7), ('org', 'duplicate', 1);
+        INSERT INTO entries (org, app_id, count, records, enqueued_at) VALUES ('org', 1, 7, x'{blob.hex()}', 0);
     """)
-    blob = orjson.dumps({"shared": {}, "records": [{"id": f"r{i}"} for i in range(7)], "rejected": []})
-    conn.execute("INSERT INTO entries (org, app_id, count, records, enqueued_at) VALUES ('org', 1, 7, ?, 0)", (blob,))
-    conn.commit()
-    conn.close()
     queue = SQLiteQueue(path)
     queue.create_schema()
     assert queue.counters() == {"org": {"accepted": 7, "duplicate": 1, "rejected": 0}}
@@ -250,13 +257,6 @@ def test_entries_folded_by_another_process_meanwhile_are_not_counted_twice(tmp_p
     assert first.counters() == {"org": {"accepted": 3, "duplicate": 0, "rejected": 0}}
 
 
-def delivered_and_pruned(queue: SQLiteQueue, sink: str = "sql") -> int:
-    """Let ``sink`` have every entry, fold the counts and prune; returns how many went."""
-    queue.advance(sink, queue.head(), 0)
-    queue.fold_counts()
-    return queue.prune([sink])
-
-
 def test_a_queue_pruned_empty_never_gives_a_seq_twice(tmp_path):
     queue = SQLiteQueue(str(tmp_path / "q.db"))
     queue.create_schema()
@@ -264,7 +264,9 @@ def test_a_queue_pruned_empty_never_gives_a_seq_twice(tmp_path):
     queue.submit(Submission("org", 1, keyed("a", 1), []))
     queue.submit(Submission("org", 1, keyed("b", 1), []))
     assert queue.head() == 2
-    assert delivered_and_pruned(queue) == 2
+    queue.advance("sql", 2, 2)
+    queue.fold_counts()
+    assert queue.prune(["sql"]) == 2
     assert queue.depth()["entries"] == 0
     # the newest entry is gone: the head is still where it was, and the next entry follows
     # it, so the sink (whose cursor is at 2) does not skip it
@@ -277,23 +279,17 @@ def test_a_queue_pruned_empty_never_gives_a_seq_twice(tmp_path):
 
 
 def test_a_queue_numbered_by_autoincrement_and_pruned_empty_continues_after_its_newest_seq(tmp_path):
-    import sqlite3
-
     path = str(tmp_path / "q.db")
-    # an older version's queue: AUTOINCREMENT numbering, every entry delivered and pruned
-    conn = sqlite3.connect(path)
-    conn.executescript("""
-        CREATE TABLE entries (seq INTEGER PRIMARY KEY AUTOINCREMENT, org TEXT NOT NULL, app_id INTEGER NOT NULL,
-                              count INTEGER NOT NULL, records BLOB NOT NULL, enqueued_at REAL NOT NULL);
+    # an older version's queue whose five entries were all delivered and pruned
+    older_queue(path, """
         CREATE TABLE cursors (sink TEXT PRIMARY KEY, seq INTEGER NOT NULL, delivered INTEGER NOT NULL DEFAULT 0,
                               updated_at REAL NOT NULL);
+        INSERT INTO entries (org, app_id, count, records, enqueued_at)
+            VALUES ('org', 1, 1, x'5b5d', 0), ('org', 1, 1, x'5b5d', 0), ('org', 1, 1, x'5b5d', 0),
+                   ('org', 1, 1, x'5b5d', 0), ('org', 1, 1, x'5b5d', 0);
+        DELETE FROM entries;
+        INSERT INTO cursors VALUES ('sql', 5, 5, 0);
     """)
-    for _ in range(5):
-        conn.execute("INSERT INTO entries (org, app_id, count, records, enqueued_at) VALUES ('org', 1, 1, x'5b5d', 0)")
-    conn.execute("DELETE FROM entries")
-    conn.execute("INSERT INTO cursors VALUES ('sql', 5, 5, 0)")
-    conn.commit()
-    conn.close()
     queue = SQLiteQueue(path)
     queue.create_schema()
     assert queue.head() == 5
