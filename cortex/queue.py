@@ -15,8 +15,8 @@ Writers of all processes queue on an exclusive ``flock`` of ``<queue>.lock`` bef
 open a write transaction (the threads of one process first take turns on a lock of their
 own, since an ``flock`` belongs to the process): a waiting writer wakes the moment the lock
 is free, where SQLite's own busy handler would sleep for milliseconds, holding up every
-writer queued behind it.  WAL checkpoints are left to the
-dispatcher's housekeeping (``checkpoint()``), so requests do not pay for them.
+writer queued behind it.  WAL checkpoints are left to the dispatcher's housekeeping
+(``checkpoint()``), so requests do not pay for them.
 
 Each dedupe key is stored behind its device's four-byte group
 (:func:`cortex.ingest.pipeline.key_group`), so the keys of one bundle are neighbours in the
