@@ -74,12 +74,12 @@ PLAIN_KEYS, GROUPED_KEYS = 1, 2
 #: ``_claim_keys``); below it, asking which are new costs less than the extra statements
 ASSUME_NEW_KEYS = 16
 
-#: the seq of a new entry: after the newest entry, or when the queue was pruned empty,
-#: after the ``counted`` mark (no entry after it was pruned); ``coalesce`` reads the mark
-#: only then
-NEXT_SEQ = "coalesce((SELECT max(seq) FROM entries), (SELECT seq FROM counted), 0) + 1"
-#: the seq of the newest entry there ever was (0: none yet)
-HEAD_SEQ = "SELECT coalesce((SELECT max(seq) FROM entries), (SELECT seq FROM counted), 0)"
+#: the seq of the newest entry there ever was (0: none yet): the newest entry's, or when
+#: the queue was pruned empty, the ``counted`` mark (no entry after it was pruned);
+#: ``coalesce`` reads the mark only then
+NEWEST_SEQ = "coalesce((SELECT max(seq) FROM entries), (SELECT seq FROM counted), 0)"
+#: the seq of a new entry
+NEXT_SEQ = f"{NEWEST_SEQ} + 1"
 
 #: pages the WAL may grow to before a writer checkpoints it itself (the dispatcher normally
 #: does it first); bounds the WAL when no dispatcher runs
@@ -437,7 +437,7 @@ class SQLiteQueue:
 
     def head(self) -> int:
         """The seq of the newest entry (0 when the queue has never held one)."""
-        return self.reader.execute(HEAD_SEQ).fetchone()[0]
+        return self.reader.execute(f"SELECT {NEWEST_SEQ}").fetchone()[0]
 
     def cursor(self, sink: str) -> int:
         """The last seq ``sink`` has; a new sink starts at the oldest entry still queued."""
