@@ -57,6 +57,8 @@ def fill(directory: Path, size: int, total: int, rollups: bool):
     """A Cortex app in ``directory`` whose queue holds ``total`` events in bundles of ``size``."""
     config = {"data_dir": str(directory), "logging": {"level": "WARNING"},
               "dispatcher": {"embedded": False},
+              # one client posts every bundle here; the default limits are for the network
+              "rate_limits": {"per_key": "1000000/second", "per_ip": "1000000/second"},
               "sinks": {"sql": {"type": "sql", "rollups": rollups}}}
     app = create_app(overrides=config)
     state = app.extensions["cortex"]

@@ -10,6 +10,7 @@ A batch is written, then the cursor moves: a crash in between re-sends the batch
 once), which the sinks' idempotent writes absorb.  Failures a sink calls permanent
 (:class:`cortex.sinks.PermanentError`) are narrowed down by halving the batch until the
 refused records are found; those go to the dead-letter store and the rest is delivered.
+Each batch takes turns with the request commits of its process (:mod:`cortex.turns`).
 
 Only one dispatcher works on a data directory at a time: it holds an exclusive lock on
 ``dispatcher.lock``.  Under gunicorn every worker starts an election thread and the one that
@@ -97,7 +98,7 @@ class SinkRunner:
         try:
             self.open()
             while not self.stop.is_set():
-                delivered = self.step()
+                delivered = self.step_in_turn()
                 if delivered == 0:
                     self.stop.wait(self.poll_interval)
                 elif delivered < self.batch_size // 2:
@@ -107,6 +108,17 @@ class SinkRunner:
             pass
         finally:
             self.close()
+
+    def step_in_turn(self) -> int:
+        """:meth:`step`, taking turns with the request commits of this process, when the
+        queue has turns (:mod:`cortex.turns`)."""
+        turn = getattr(self.queue, "turn", None)
+        if turn is None or not turn.take():
+            return self.step()
+        try:
+            return self.step()
+        finally:
+            turn.give_back(let_waiter_first=True)
 
     def step(self) -> int:
         """Deliver one batch; returns how many records it held (0: nothing to deliver).

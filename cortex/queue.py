@@ -15,8 +15,10 @@ Writers of all processes queue on an exclusive ``flock`` of ``<queue>.lock`` bef
 open a write transaction (the threads of one process first take turns on a lock of their
 own, since an ``flock`` belongs to the process): a waiting writer wakes the moment the lock
 is free, where SQLite's own busy handler would sleep for milliseconds, holding up every
-writer queued behind it.  WAL checkpoints are left to the dispatcher's housekeeping
-(``checkpoint()``), so requests do not pay for them.
+writer queued behind it.  Before all that, a commit takes its process's turn
+(:mod:`cortex.turns`), so that the embedded dispatcher's thread does not compete with it for
+the interpreter lock while it holds the writer lock.  WAL checkpoints are left to the
+dispatcher's housekeeping (``checkpoint()``), so requests do not pay for them.
 
 Each dedupe key is stored behind its device's four-byte group
 (:func:`cortex.ingest.pipeline.key_group`), so the keys of one bundle are neighbours in the
@@ -57,6 +59,8 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
 import orjson
+
+from cortex.turns import Turn
 
 #: what the queue counts per org, in the order of the ``entries`` columns that carry them
 COUNTS = ("accepted", "duplicate", "rejected")
@@ -204,6 +208,7 @@ class SQLiteQueue:
         self._writer: sqlite3.Connection | None = None
         self._lock_file = None
         self._thread_lock = threading.Lock()
+        self._turn = Turn()
         self._local = threading.local()
         self._cond = threading.Condition()
         self._pending: list[tuple[Submission, dict]] = []
@@ -233,6 +238,7 @@ class SQLiteQueue:
             self._groups_keys = None
             self._lock_file = None
             self._thread_lock = threading.Lock()
+            self._turn = Turn()
             self._local = threading.local()
 
     @property
@@ -250,6 +256,13 @@ class SQLiteQueue:
         if conn is None:
             conn = self._local.conn = self._connect()
         return conn
+
+    @property
+    def turn(self) -> Turn:
+        """This process's turn between request commits and the embedded dispatcher's batches
+        (:mod:`cortex.turns`)."""
+        self._check_fork()
+        return self._turn
 
     @contextmanager
     def write_lock(self):
@@ -333,8 +346,14 @@ class SQLiteQueue:
         return submission
 
     def _commit_group(self, group: list[tuple[Submission, dict]]) -> None:
-        with self.write_lock():
-            self._commit_locked(group)
+        turn = self.turn
+        taken = turn.take()
+        try:
+            with self.write_lock():
+                self._commit_locked(group)
+        finally:
+            if taken:
+                turn.give_back()
 
     def _commit_locked(self, group: list[tuple[Submission, dict]]) -> None:
         conn = self.writer

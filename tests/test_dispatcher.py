@@ -37,8 +37,10 @@ class HangingSink(MemorySink):
 
     type_name = "hanging"
     release = threading.Event()
+    entered = threading.Event()
 
     def write(self, records):
+        self.entered.set()
         self.release.wait(30)
         super().write(records)
 
@@ -56,6 +58,7 @@ def _reset():
     MemorySink.stores.clear()
     MemorySink.temporary_failures.clear()
     HangingSink.release.clear()
+    HangingSink.entered.clear()
     yield
     HangingSink.release.set()
 
@@ -135,6 +138,28 @@ def test_a_hanging_sink_does_not_hold_up_the_others(make_cortex):
         while len(MemorySink.stores.get("stuck", [])) < 20 and time.monotonic() < deadline:
             time.sleep(0.02)
         assert len(MemorySink.stores["stuck"]) == 20, "the stuck sink catches up once it returns"
+    finally:
+        HangingSink.release.set()
+        dispatcher.shutdown()
+        dispatcher.join(5)
+
+
+def test_a_hanging_sink_holds_up_no_request_of_the_dispatchers_process(make_cortex):
+    # the dispatcher's batches and the process's request commits take turns
+    # (cortex.turns); a batch that hangs must not keep the requests waiting
+    cortex = make_cortex(plugins=[test_plugin], sinks={"stuck": {"type": "hanging"}},
+                         dispatcher={"poll_interval": 0.01})
+    post_events(cortex, 5)
+    dispatcher = Dispatcher(cortex.state)
+    dispatcher.start()
+    try:
+        assert HangingSink.entered.wait(10), "the sink is writing a batch"
+        answers = []
+        request = threading.Thread(target=lambda: answers.append(cortex.post(cortex.bundle(
+            [{"type": "event", "event_datetime": iso(), "event_index": 100, "kingdom": "k"}])).status_code))
+        request.start()
+        request.join(5)
+        assert answers == [200], "the request is answered while the sink still hangs"
     finally:
         HangingSink.release.set()
         dispatcher.shutdown()
