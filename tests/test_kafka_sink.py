@@ -145,7 +145,10 @@ def test_unreachable_broker_fails_the_write(make_kafka_broker, tmp_path):
 
 def _post(cortex, bundles: int, tag: str) -> None:
     for bundle in range(bundles):
-        events = [{"type": "event", "event_datetime": iso(), "event_index": i, "kingdom": tag} for i in range(5)]
+        # each event an index of its own: bundles of one device can be posted within the same
+        # millisecond, and would then be retries of each other
+        events = [{"type": "event", "event_datetime": iso(), "event_index": bundle * 5 + i, "kingdom": tag}
+                  for i in range(5)]
         response = cortex.post(cortex.bundle(events, device_tag=f"{tag}-{bundle % 3}"))
         assert response.status_code == 200, response.data
 
