@@ -251,6 +251,7 @@ class Sampler:
         self.workers = 0
         self.peak_backlog = 0
         self.others_percent = 0.0
+        self.idle_percent = 0.0
         self.cpu_start: dict[int, float] = {}
         self.cpu_end: dict[int, float] = {}
         self._stop = threading.Event()
@@ -272,9 +273,14 @@ class Sampler:
         wall = time.monotonic() - self._wall_start
         ours = (self.cpu_used + cpu_seconds(self.master_pid) - self._master_start
                 + own_cpu_seconds() - self._own_start)
-        others = host_busy_seconds() - self._host_start - ours
+        host_busy = host_busy_seconds() - self._host_start
+        others = host_busy - ours
         #: CPU used by processes outside the benchmark, in % of one CPU (interference)
         self.others_percent = max(0.0, others / wall * 100) if wall > 0 else 0.0
+        #: the host's CPUs left idle, in % of all of them: time every runnable thread spent
+        #: waiting (for a lock, say) instead of computing
+        capacity = wall * (os.cpu_count() or 1)
+        self.idle_percent = max(0.0, 100 - host_busy / capacity * 100) if capacity > 0 else 0.0
 
     @property
     def cpu_used(self) -> float:
@@ -577,6 +583,7 @@ class Case:
     rss_max_mib: float = 0.0
     cpu_ms_per_request: float = 0.0
     others_cpu_percent: float = 0.0      # CPU of processes outside the benchmark (% of one CPU)
+    idle_percent: float = 0.0            # the host's CPUs left idle during the load (% of all)
     # Cortex only
     accepted: int | None = None          # events accepted during the measured load
     peak_backlog: int | None = None      # most records waiting for the sql sink during the load
@@ -659,6 +666,7 @@ def run_case(kind: str, size: int, args, round_number: int = 1) -> Case:
         case.workers, case.rss_sum_mib, case.rss_max_mib = sampler.workers, sampler.rss_sum, sampler.rss_max
         case.cpu_ms_per_request = sampler.cpu_used * 1000 / load.requests if load.requests else 0.0
         case.others_cpu_percent = sampler.others_percent
+        case.idle_percent = sampler.idle_percent
         print(f"   load: {load.requests} requests in {load.duration:.1f}s, {load.ok} answered 200", flush=True)
         if case.others_cpu_percent > NOISY_PERCENT:
             print(f"   warning: other processes used {case.others_cpu_percent:.0f}% of a CPU during the load; "
@@ -730,10 +738,10 @@ def report(cases: list[Case], args) -> dict:
     print("Throughput and latency")
     _table(
         ["server", *(["round"] if rounds else []), "events/bundle", "req/s", "events/s", "p50 ms", "p99 ms", "non-200",
-         "RSS sum MiB", "RSS max MiB", "CPU ms/req", "others %"],
+         "RSS sum MiB", "RSS max MiB", "CPU ms/req", "idle %", "others %"],
         [[c.server, *([str(c.round)] if rounds else []), str(c.size), f"{c.requests_per_s:,.0f}", f"{c.events_per_s:,.0f}", f"{c.p50_ms:.1f}",
           f"{c.p99_ms:.1f}", str(c.non_200 + c.socket_errors), f"{c.rss_sum_mib:.1f}",
-          f"{c.rss_max_mib:.1f}", f"{c.cpu_ms_per_request:.2f}",
+          f"{c.rss_max_mib:.1f}", f"{c.cpu_ms_per_request:.2f}", f"{c.idle_percent:.0f}",
           f"{c.others_cpu_percent:.0f}" + ("!" if c.others_cpu_percent > NOISY_PERCENT else "")] for c in cases],
     )
 
