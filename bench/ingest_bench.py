@@ -54,6 +54,8 @@ sys.path.insert(0, str(BENCH_DIR))
 
 from pyload import iso, make_bundle  # noqa: E402  (bench/ is not a package)
 
+from cortex.queue import read_snapshot, records_after  # noqa: E402
+
 ORG = "demo"
 HOST = "127.0.0.1"
 LUA_SCRIPT = BENCH_DIR / "ingest.lua"
@@ -318,10 +320,8 @@ def pending_in_queue(queue_db: Path, sink: str = "sql") -> int:
     conn = sqlite3.connect(f"file:{queue_db}?mode=ro", uri=True, timeout=10)
     try:
         row = conn.execute("SELECT seq FROM cursors WHERE sink = ?", (sink,)).fetchone()
-        cursor = row[0] if row else 0
-        return conn.execute(
-            "SELECT coalesce(sum(count), 0) FROM entries WHERE seq > ?", (cursor,)
-        ).fetchone()[0]
+        with read_snapshot(conn):
+            return records_after(conn, row[0] if row else 0)
     finally:
         conn.close()
 

@@ -36,6 +36,12 @@ from cortex.sinks import PermanentError, Sink, sink_can
 
 log = logging.getLogger("cortex.dispatcher")
 
+#: most prune batches (about 5,000 records each, see ``SQLiteQueue.prune``) per housekeeping
+#: round; what is left waits for the next round
+MAX_PRUNE_BATCHES = 200
+#: seconds between two prune batches
+PRUNE_PAUSE = 0.002
+
 
 class Stopped(Exception):
     """The dispatcher was asked to stop while a batch was still being retried."""
@@ -310,8 +316,12 @@ class Dispatcher:
         entries and expired dedupe keys (bounded work per call)."""
         queue = self.state.queue
         queue.fold_counts()
-        while queue.prune(self.sink_names) >= 5000:
-            pass
+        for _ in range(MAX_PRUNE_BATCHES):
+            if not queue.prune(self.sink_names):
+                break
+            # a pause between batches, so that the commits waiting for the writer lock get it
+            # before the next batch does (a lock is not fair)
+            time.sleep(PRUNE_PAUSE)
         window = self.state.config["ingest"]["dedupe_window_days"] * 86400
         queue.prune_dedupe(window)
 

@@ -44,6 +44,10 @@ sixth of a 1-event commit.  Entries are pruned only once counted, and
 :meth:`SQLiteQueue.counters` adds the entries not yet folded, so the counts are exact at
 any moment.  A request whose events were all duplicates has no entry and still counts
 straight into ``counters``.
+
+How many records the queue holds (metrics, backpressure, ``cortex status``) is read from
+running totals: each entry carries the sum of the counts up to it, so any range's records
+are two rows' difference (:func:`records_after`), and a commit writes no index page for it.
 """
 
 
@@ -84,6 +88,10 @@ ASSUME_NEW_KEYS = 16
 NEWEST_SEQ = "coalesce((SELECT max(seq) FROM entries), (SELECT seq FROM counted), 0)"
 #: the seq of a new entry
 NEXT_SEQ = f"{NEWEST_SEQ} + 1"
+#: the running total of the newest entry that has one (0: none); a new entry's total is this
+#: plus its count.  Entries of a version without totals are passed over, so the totals of
+#: the others stay a running sum of their own counts (see :func:`records_after`)
+NEWEST_TOTAL = "coalesce((SELECT total FROM entries WHERE total IS NOT NULL ORDER BY seq DESC LIMIT 1), 0)"
 
 #: pages the WAL may grow to before a writer checkpoints it itself (the dispatcher normally
 #: does it first); bounds the WAL when no dispatcher runs
@@ -102,11 +110,12 @@ CREATE TABLE IF NOT EXISTS entries (
     accepted INTEGER,
     duplicate INTEGER,
     rejected INTEGER,
+    -- the running sum of count over the entries up to this one (see records_after; NULL:
+    -- an entry of a version without it)
+    total INTEGER,
     records BLOB NOT NULL,
     enqueued_at REAL NOT NULL
 );
--- lets the queue's depth in records be summed from the index alone (metrics, backpressure)
-CREATE INDEX IF NOT EXISTS entries_count ON entries (count);
 -- one b-tree, keyed by the key (queues made before it have a rowid table and a unique index)
 CREATE TABLE IF NOT EXISTS dedupe (
     key BLOB PRIMARY KEY,
@@ -293,6 +302,7 @@ class SQLiteQueue:
         try:
             conn.executescript(SCHEMA)
             _add_missing_columns(conn)
+            _settle_totals(conn)
             _settle_key_layout(conn)
             _settle_counted(conn)
         finally:
@@ -392,8 +402,8 @@ class SQLiteQueue:
                     counts[key] = counts.get(key, 0) + submission.duplicate_count
             if entries:
                 conn.executemany(
-                    "INSERT INTO entries (seq, org, app_id, count, records, enqueued_at, accepted, duplicate, rejected) "
-                    f"VALUES ({NEXT_SEQ},?,?,?,?,?,?,?,?)",
+                    "INSERT INTO entries (seq, org, app_id, count, total, records, enqueued_at, accepted, duplicate, "
+                    f"rejected) VALUES ({NEXT_SEQ},?1,?2,?3,{NEWEST_TOTAL} + ?3,?4,?5,?6,?7,?8)",
                     entries,
                 )
             if error_rows:
@@ -419,6 +429,14 @@ class SQLiteQueue:
             for key, _ in chunk:
                 params.append(prefix + key)
                 params.append(seen)
+            if len(chunk) == 1:
+                # one key (a 1-event bundle): whether a row was added says all, and an
+                # insert that added none has nothing to undo
+                before = conn.total_changes
+                conn.execute(sql, params)
+                if conn.total_changes - before == 1:
+                    fresh.add(chunk[0][0])
+                continue
             if len(chunk) >= ASSUME_NEW_KEYS:
                 # nearly always every key is new: insert without RETURNING (a third cheaper
                 # at 100 keys) and count the rows added; only when some key was there
@@ -537,51 +555,74 @@ class SQLiteQueue:
 
     # housekeeping --------------------------------------------------------------------------
     def prune(self, sinks: list[str], batch: int = 5000) -> int:
-        """Delete up to ``batch`` entries that every sink in ``sinks`` has; returns how many."""
+        """Delete the oldest entries that every sink in ``sinks`` has, about ``batch``
+        records' worth (at least one entry); returns how many entries.
+
+        Call it until it returns 0.  Each call is one short transaction: deleting a large
+        entry frees its pages one by one, and every request commit waits while the writer
+        lock is held, so a batch is bounded by records, not entries (5,000 entries of 100
+        events held the lock for about 100 ms).
+        """
         if not sinks:
             return 0
         marks = [self.cursor(sink) for sink in sinks]
         # an entry's counts must be folded into the counters before it goes
         floor = min(min(marks), self.counted())
-        cur = self._write(
-            "DELETE FROM entries WHERE seq IN (SELECT seq FROM entries WHERE seq <= ? ORDER BY seq LIMIT ?)",
-            (floor, batch),
-        )
-        self._write("DELETE FROM cursors WHERE sink NOT IN (%s)" % ",".join("?" * len(sinks)), sinks)
-        return cur.rowcount
+        conn = self.reader
+        # chosen without the lock: the entries up to the floor do not change (another
+        # process's prune may only take some away first)
+        upto, records = None, 0
+        for seq, count in conn.execute(
+            "SELECT seq, count FROM entries WHERE seq <= ? ORDER BY seq LIMIT ?", (floor, max(1, batch))
+        ).fetchall():
+            upto, records = seq, records + count
+            if records >= batch:
+                break
+        with self.write_lock(), write_transaction(conn):
+            deleted = conn.execute("DELETE FROM entries WHERE seq <= ?", (upto,)).rowcount if upto else 0
+            conn.execute("DELETE FROM cursors WHERE sink NOT IN (%s)" % ",".join("?" * len(sinks)), sinks)
+        return deleted
 
     def prune_dedupe(self, window_seconds: float, batch: int = 20000) -> int:
         """Forget the dedupe keys older than the window among the next ``batch`` keys looked
-        at; returns how many.  Each call looks at ``batch`` keys only, never the whole table
-        (which would hold the writer lock for seconds at millions of keys)."""
+        at; returns how many.  Each call looks at ``batch`` keys only, never the whole table,
+        and without the writer lock: it is taken only to delete the expired keys found."""
         cutoff = int(time.time() - window_seconds)
+        conn = self.reader
         if self._dedupe_has_rowids is None:
-            sql = self.reader.execute("SELECT sql FROM sqlite_master WHERE name = 'dedupe'").fetchone()[0]
+            sql = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'dedupe'").fetchone()[0]
             self._dedupe_has_rowids = "WITHOUT ROWID" not in sql.upper()
         if self._dedupe_has_rowids:
             # rowids grow with time: the oldest keys are the first rows
-            cur = self._write(
-                "DELETE FROM dedupe WHERE rowid IN (SELECT rowid FROM dedupe ORDER BY rowid LIMIT ?) AND seen < ?",
+            expired = conn.execute(
+                "SELECT rowid FROM (SELECT rowid, seen FROM dedupe ORDER BY rowid LIMIT ?) WHERE seen < ?",
                 (batch, cutoff),
-            )
-            return cur.rowcount
-        # keys are in group order, not time order: sweep the table, ``batch`` keys a call,
-        # from where the last call stopped, starting over at the end
-        start = self._dedupe_sweep
-        with self.write_lock():
-            conn = self.reader
+            ).fetchall()
+            column = "rowid"
+        else:
+            # keys are in group order, not time order: sweep the table, ``batch`` keys a
+            # call, from where the last call stopped, starting over at the end
+            start = self._dedupe_sweep
             last = conn.execute(
                 "SELECT key FROM dedupe WHERE key > ? ORDER BY key LIMIT 1 OFFSET ?", (start, batch - 1)
             ).fetchone()
             if last is None:
-                cur = conn.execute("DELETE FROM dedupe WHERE key > ? AND seen < ?", (start, cutoff))
+                expired = conn.execute("SELECT key FROM dedupe WHERE key > ? AND seen < ?", (start, cutoff)).fetchall()
                 self._dedupe_sweep = b""
             else:
-                cur = conn.execute(
-                    "DELETE FROM dedupe WHERE key > ? AND key <= ? AND seen < ?", (start, last[0], cutoff)
-                )
+                expired = conn.execute(
+                    "SELECT key FROM dedupe WHERE key > ? AND key <= ? AND seen < ?", (start, last[0], cutoff)
+                ).fetchall()
                 self._dedupe_sweep = last[0]
-            return cur.rowcount
+            column = "key"
+        if not expired:
+            return 0
+        # ``seen`` is checked again: another process may have deleted one of these keys
+        # meanwhile and a request claimed it anew, and that claim must stay
+        with self.write_lock(), write_transaction(conn):
+            return conn.executemany(
+                f"DELETE FROM dedupe WHERE {column} = ? AND seen < ?", [(row[0], cutoff) for row in expired]
+            ).rowcount
 
     def checkpoint(self) -> None:
         """Copy the WAL back into the database without waiting for readers (housekeeping)."""
@@ -665,7 +706,7 @@ class SQLiteQueue:
         for sink in sinks:
             seq = self.cursor(sink)
             delivered = conn.execute("SELECT delivered FROM cursors WHERE sink = ?", (sink,)).fetchone()[0]
-            pending = conn.execute("SELECT coalesce(sum(count), 0) FROM entries WHERE seq > ?", (seq,)).fetchone()[0]
+            pending = records_after(conn, seq)
             dead = conn.execute(
                 "SELECT count(*) FROM dead_letters WHERE sink = ? AND replayed_at IS NULL", (sink,)
             ).fetchone()[0]
@@ -674,20 +715,21 @@ class SQLiteQueue:
 
     def depth(self) -> dict[str, int]:
         """Entries and records in the queue (not yet pruned)."""
-        entries, records = self.reader.execute(
-            "SELECT count(*), coalesce(sum(count), 0) FROM entries"
-        ).fetchone()
-        return {"entries": entries, "records": records}
+        conn = self.reader
+        with read_snapshot(conn):
+            entries = conn.execute("SELECT count(*) FROM entries").fetchone()[0]
+            return {"entries": entries, "records": records_after(conn, 0)}
 
     def stats(self) -> dict[str, Any]:
         """Entries and records held, and when the oldest entry was queued; cheap at any depth
-        (the seq range and the ``count`` index, never the records themselves)."""
+        (the seq range and the running totals, never the records themselves)."""
         conn = self.reader
-        low, high = conn.execute("SELECT min(seq), max(seq) FROM entries").fetchone()
-        if low is None:
-            return {"entries": 0, "records": 0, "oldest_enqueued_at": None}
-        records = conn.execute("SELECT coalesce(sum(count), 0) FROM entries INDEXED BY entries_count").fetchone()[0]
-        oldest = conn.execute("SELECT enqueued_at FROM entries WHERE seq = ?", (low,)).fetchone()
+        with read_snapshot(conn):
+            low, high = conn.execute("SELECT min(seq), max(seq) FROM entries").fetchone()
+            if low is None:
+                return {"entries": 0, "records": 0, "oldest_enqueued_at": None}
+            records = records_after(conn, low - 1)
+            oldest = conn.execute("SELECT enqueued_at FROM entries WHERE seq = ?", (low,)).fetchone()
         return {"entries": high - low + 1, "records": records, "oldest_enqueued_at": oldest[0] if oldest else None}
 
     def sink_lag(self, sink: str) -> dict[str, Any]:
@@ -774,8 +816,59 @@ def _settle_key_layout(conn: sqlite3.Connection) -> None:
 #: table -> columns added since it was first released, with their SQL type
 ADDED_COLUMNS = {
     "ingest_errors": (("request_id", "TEXT"),),
-    "entries": (("accepted", "INTEGER"), ("duplicate", "INTEGER"), ("rejected", "INTEGER")),
+    "entries": (("accepted", "INTEGER"), ("duplicate", "INTEGER"), ("rejected", "INTEGER"), ("total", "INTEGER")),
 }
+
+
+def records_after(conn: sqlite3.Connection, seq: int) -> int:
+    """How many records the entries after ``seq`` hold, from two rows' running totals.
+
+    Each entry's ``total`` is the running sum of the counts of the entries up to it (those
+    with a total), so the records of a range of entries are the newest entry's total minus
+    the first one's, plus its count: the same at any depth, where summing the counts would
+    read every entry (or, as before, an index on ``count`` that every commit wrote a page
+    of).  While the range holds an entry without a total (written by an older version),
+    the counts are summed.  Call it inside :func:`read_snapshot` when the answer must agree
+    with other reads.
+    """
+    first = conn.execute("SELECT count, total FROM entries WHERE seq > ? ORDER BY seq LIMIT 1", (seq,)).fetchone()
+    if first is None:
+        return 0
+    newest = conn.execute("SELECT total FROM entries ORDER BY seq DESC LIMIT 1").fetchone()[0]
+    if first[1] is None or newest is None or conn.execute(
+        "SELECT 1 FROM entries INDEXED BY entries_without_total WHERE total IS NULL AND seq > ? LIMIT 1", (seq,)
+    ).fetchone():
+        return conn.execute("SELECT coalesce(sum(count), 0) FROM entries WHERE seq > ?", (seq,)).fetchone()[0]
+    return newest - first[1] + first[0]
+
+
+class read_snapshot:
+    """``with read_snapshot(conn):`` the reads in the block see one state of the queue (a
+    read transaction), unless ``conn`` is in a transaction already."""
+
+    __slots__ = ("conn", "began")
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+        self.began = False
+
+    def __enter__(self) -> sqlite3.Connection:
+        if not self.conn.in_transaction:
+            self.conn.execute("BEGIN")
+            self.began = True
+        return self.conn
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        if self.began and self.conn.in_transaction:
+            self.conn.execute("COMMIT")
+
+
+def _settle_totals(conn: sqlite3.Connection) -> None:
+    """Keep the running totals usable (see :func:`records_after`): an index of the entries
+    without one (written by an older version, and none once they are pruned), and no more
+    index on ``count``, which the totals replace."""
+    conn.execute("CREATE INDEX IF NOT EXISTS entries_without_total ON entries (seq) WHERE total IS NULL")
+    conn.execute("DROP INDEX IF EXISTS entries_count")
 
 
 def _add_missing_columns(conn: sqlite3.Connection) -> None:

@@ -323,3 +323,156 @@ def test_the_writer_lock_keeps_out_the_other_threads_of_the_process(tmp_path):
     assert entered.wait(10)
     for thread in threads:
         thread.join(10)
+
+
+def held(queue: SQLiteQueue) -> int:
+    """The records of the entries still queued, summed one by one (what the totals must say)."""
+    return sum(len(entry.records) for entry in queue.iter_all())
+
+
+def test_depth_pending_and_stats_stay_exact_through_group_commits_pruning_and_an_empty_queue(tmp_path):
+    queue = SQLiteQueue(str(tmp_path / "q.db"))
+    queue.create_schema()
+    queue.cursor("sql")
+    queue.cursor("file")
+    threads = [threading.Thread(target=queue.submit, args=(Submission("org", 1, keyed(f"t{n}", n + 1), []),))
+               for n in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    queue.submit(Submission("org", 1, keyed("good", 2), keyed("bad", 3)))  # rejected records are held too
+    assert queue.depth()["records"] == queue.stats()["records"] == held(queue) == 78 + 5
+    assert queue.sink_status(["sql"])["sql"]["pending"] == 83
+    # one sink takes the first half, the other all; pruning goes as far as the slower one
+    entries = list(queue.iter_all())
+    half = entries[len(entries) // 2 - 1].seq
+    queue.advance("sql", half, 0)
+    queue.advance("file", queue.head(), 0)
+    status = queue.sink_status(["sql", "file"])
+    assert status["sql"]["pending"] == sum(len(e.records) for e in entries if e.seq > half)
+    assert status["file"]["pending"] == 0
+    queue.fold_counts()
+    assert queue.prune(["sql", "file"]) == len(entries) // 2
+    assert queue.stats()["records"] == queue.depth()["records"] == held(queue) == status["sql"]["pending"]
+    # pruned empty, the totals start again and stay exact
+    queue.advance("sql", queue.head(), 0)
+    queue.prune(["sql", "file"])
+    assert queue.stats() == {"entries": 0, "records": 0, "oldest_enqueued_at": None}
+    queue.submit(Submission("org", 1, keyed("again", 4), []))
+    assert queue.stats()["records"] == queue.sink_status(["sql"])["sql"]["pending"] == 4
+
+
+def test_a_queue_upgraded_with_entries_that_have_no_total_counts_them_all(tmp_path):
+    path = str(tmp_path / "q.db")
+    blob = orjson.dumps({"shared": {}, "records": [{"id": f"r{i}"} for i in range(7)], "rejected": []})
+    older_queue(path, f"""
+        CREATE INDEX entries_count ON entries (count);
+        INSERT INTO entries (org, app_id, count, records, enqueued_at) VALUES ('org', 1, 7, x'{blob.hex()}', 0);
+        INSERT INTO entries (org, app_id, count, records, enqueued_at) VALUES ('org', 1, 7, x'{blob.hex()}', 0);
+    """)
+    queue = SQLiteQueue(path)
+    queue.create_schema()
+    indexes = {row[1] for row in queue.reader.execute("PRAGMA index_list(entries)")}
+    assert indexes == {"entries_without_total"}, "the count index is gone, replaced by the totals"
+    queue.submit(Submission("org", 1, keyed("new", 3), []))
+    assert queue.depth()["records"] == queue.stats()["records"] == 17
+    # an entry without a total among newer ones (an older process still committing)
+    queue.reader.execute(f"INSERT INTO entries (seq, org, app_id, count, records, enqueued_at) "
+                         f"VALUES (4, 'org', 1, 7, x'{blob.hex()}', 0)")
+    queue.submit(Submission("org", 1, keyed("newer", 2), []))
+    assert queue.stats()["records"] == 26
+    assert queue.sink_status(["sql"])["sql"]["pending"] == 26
+    # once the entries without totals are pruned, the totals alone give the same answers
+    queue.advance("sql", 4, 0)
+    queue.fold_counts()
+    assert queue.prune(["sql"]) == 4
+    assert queue.reader.execute("SELECT count(*) FROM entries WHERE total IS NULL").fetchone()[0] == 0
+    assert queue.stats()["records"] == queue.sink_status(["sql"])["sql"]["pending"] == held(queue) == 2
+
+
+def wal_frames(queue: SQLiteQueue) -> int:
+    """Frames in the queue's WAL (pages written since the last checkpoint)."""
+    return queue.reader.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1]
+
+
+def test_a_one_event_commit_writes_about_two_pages(tmp_path):
+    # the entry's page and its dedupe key's page: nothing else on a request's path is
+    # written per commit (no counter row, no index of the entries)
+    queue = SQLiteQueue(str(tmp_path / "q.db"))
+    queue.create_schema()
+    for number in range(300):  # past the first pages' splits
+        queue.submit(Submission("org", 1, keyed(f"warm{number}", 1), []))
+    queue.reader.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    commits = 200
+    for number in range(commits):
+        queue.submit(Submission("org", 1, [(f"key{number}".encode().ljust(16, b"."), {"id": f"r{number}"})], [],
+                                key_group=number.to_bytes(4, "big")))
+    # 2.4 here: a new page for the entries now and then, and the database header with it;
+    # an index of the entries would add one page to every commit
+    assert wal_frames(queue) / commits < 2.75
+
+
+def test_a_single_key_is_claimed_once_alone_and_as_the_last_of_a_large_submission(tmp_path):
+    queue = SQLiteQueue(str(tmp_path / "q.db"))
+    queue.create_schema()
+    one = keyed("solo", 1)
+    assert queue.submit(Submission("org", 1, one, [])).accepted_count == 1
+    again = queue.submit(Submission("org", 1, one, []))
+    assert (again.accepted_count, again.duplicate_count, again.fresh_keys) == (0, 1, set())
+    # 501 keys are claimed 500 and then 1 at a time; the last one alone was seen before
+    many = keyed("many", 500) + one
+    result = queue.submit(Submission("org", 1, many, []))
+    assert (result.accepted_count, result.duplicate_count) == (500, 1)
+    assert result.fresh_keys == {key for key, _ in keyed("many", 500)}
+    last_new = keyed("more", 500) + keyed("solo2", 1)
+    assert queue.submit(Submission("org", 1, last_new, [])).accepted_count == 501
+    assert held(queue) == 1 + 500 + 501
+
+
+def test_prune_takes_about_a_batch_of_records_per_call_and_at_least_one_entry(tmp_path):
+    queue = SQLiteQueue(str(tmp_path / "q.db"))
+    queue.create_schema()
+    queue.cursor("sql")
+    for number in range(10):
+        queue.submit(Submission("org", 1, keyed(f"b{number}-", 100), []))
+    queue.advance("sql", queue.head(), 1000)
+    queue.fold_counts()
+    # one transaction per call, so request commits get the writer lock between them
+    assert queue.prune(["sql"], batch=250) == 3
+    assert queue.prune(["sql"], batch=50) == 1
+    assert queue.prune(["sql"], batch=5000) == 6
+    assert queue.prune(["sql"], batch=5000) == 0
+    assert queue.depth() == {"entries": 0, "records": 0}
+
+
+def test_the_dispatchers_housekeeping_prunes_a_large_backlog_batch_by_batch(cortex):
+    events = [{"type": "event", "event_datetime": iso(), "event_index": i, "kingdom": "k"} for i in range(100)]
+    for number in range(60):  # 6,000 records: more than one batch
+        assert cortex.post(cortex.bundle(events, device_tag=f"device-{number}")).status_code == 200
+    cortex.deliver()
+    assert cortex.state.queue.depth() == {"entries": 0, "records": 0}
+
+
+def test_a_dedupe_key_claimed_anew_while_the_sweep_looked_for_expired_ones_is_kept(tmp_path, monkeypatch):
+    from contextlib import contextmanager
+
+    queue = SQLiteQueue(str(tmp_path / "q.db"))
+    queue.create_schema()
+    queue.submit(Submission("org", 1, keyed("k", 1), []))
+    queue.reader.execute("UPDATE dedupe SET seen = seen - 8 * 86400")
+    locked = queue.write_lock
+
+    @contextmanager
+    def lock_after_a_race():
+        # between the sweep's look and its lock, another process deleted the expired key
+        # and a retry of its event claimed it anew
+        queue.reader.execute("UPDATE dedupe SET seen = seen + 8 * 86400")
+        with locked():
+            yield
+
+    monkeypatch.setattr(queue, "write_lock", lock_after_a_race)
+    assert queue.prune_dedupe(7 * 86400) == 0
+    monkeypatch.undo()
+    assert len(dedupe_keys(queue)) == 1
+    assert queue.submit(Submission("org", 1, keyed("k", 1), [])).duplicate_count == 1
