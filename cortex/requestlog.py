@@ -19,6 +19,7 @@ import time
 from flask import Flask, Response, g, request
 
 from cortex import metrics
+from cortex.logs import line_handler, write_line
 
 log = logging.getLogger("cortex.request")
 
@@ -95,6 +96,12 @@ class RequestLog:
                 if trace.secret:
                     reason = reason.replace(trace.secret, "[api key]")
                 fields["reason"] = reason
+            message = f"{method} {path} {status}"
+            handler = line_handler(log, level)
+            if handler is not None and write_line(
+                handler, handler.formatter.line(time.time(), logging.getLevelName(level), log.name, message, fields)
+            ):
+                return
             # the record made here, not by log.log(): finding the caller's frame would cost a
             # fifth of the line, and every request line has the same one (this function)
             record = log.makeRecord(log.name, level, __file__, FINISH_LINE, "%s %s %d", (method, path, status),

@@ -117,3 +117,90 @@ def test_json_logs_under_gunicorn_never_show_the_api_key(tmp_path):
     assert [line["request_id"] for line in request_lines] == [a.headers["X-Request-Id"] for a in answers]
     assert all(line.get("reason") for line in request_lines[1:])
     assert "[api key]" in request_lines[1]["reason"]
+
+
+def _finish_record_fields() -> dict:
+    return {"request_id": "4f2a", "method": "POST", "path": "/demo/1/track", "endpoint": "/<org>/1/track",
+            "status": 400, "duration_ms": 1.25, "remote_addr": None, "bytes_in": 120, "org": "demo",
+            "accepted": 0, "duplicate": 0, "rejected": 1, "reason": 'events[0]: "type" = bad value'}
+
+
+@pytest.mark.parametrize("formatter", [PlainFormatter(), JsonFormatter()], ids=["plain", "json"])
+def test_a_line_made_without_a_record_is_the_line_the_formatter_makes_of_one(formatter):
+    log = logging.getLogger("cortex.request")
+    fields = _finish_record_fields()
+    for created in (1732460000.0, 1732460000.999, 1732460001.0405):
+        record = log.makeRecord(log.name, logging.INFO, __file__, 1, "%s %s %d", ("POST", "/demo/1/track", 400),
+                                None, "finish", {"fields": fields})
+        record.created, record.msecs = created, int((created - int(created)) * 1000) + 0.0
+        assert formatter.line(created, "INFO", log.name, "POST /demo/1/track 400", fields) == formatter.format(record)
+
+
+class Collect(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
+def test_request_lines_go_straight_to_cortexs_own_handler_and_through_logging_to_any_other(monkeypatch):
+    import io
+
+    root, log = logging.getLogger(), logging.getLogger("cortex.request")
+    own = logging.StreamHandler(io.StringIO())
+    own.cortex_handler = True
+    own.setFormatter(PlainFormatter())
+    monkeypatch.setattr(root, "handlers", [own])
+    monkeypatch.setattr(log, "handlers", [])
+    # setLevel, which also clears the loggers' cached answers to isEnabledFor
+    levels = {logger: logger.level for logger in (root, log, logging.getLogger("cortex"))}
+    for logger in levels:
+        logger.setLevel(logging.INFO if logger is root else logging.NOTSET)
+    try:
+        run_request_lines(root, log, own)
+    finally:
+        for logger, level in levels.items():
+            logger.setLevel(level)
+
+
+def run_request_lines(root, log, own) -> None:
+    from cortex.logs import line_handler
+    from cortex.requestlog import RequestLog, RequestTrace
+
+    request_log = RequestLog(record_metrics=False)
+
+    def finish() -> None:
+        trace = RequestTrace("4f2a")
+        trace.note_events("demo", 1, 0, 0)
+        request_log.finish(trace, "POST", "/demo/1/track", "/<org>/1/track", 200, "127.0.0.1", 80)
+
+    assert line_handler(log, logging.INFO) is own
+    made = []
+    log.makeRecord = lambda *args, **kwargs: made.append(args) or logging.Logger.makeRecord(log, *args, **kwargs)
+    try:
+        finish()
+    finally:
+        del log.makeRecord
+    written = own.stream.getvalue().splitlines()
+    assert len(written) == 1 and made == [], "the line was written without a LogRecord"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO cortex.request: POST /demo/1/track 200 "
+                        r"request_id=4f2a method=POST .* org=demo accepted=1 duplicate=0 rejected=0", written[0])
+    # another handler anywhere on the way, or a filter: records, as logging makes them
+    collect = Collect()
+    for setup in (lambda: root.handlers.append(collect), lambda: log.addFilter(lambda record: True),
+                  lambda: own.addFilter(lambda record: True)):
+        setup()
+        assert line_handler(log, logging.INFO) is None
+        finish()
+    assert len(own.stream.getvalue().splitlines()) == 4
+    assert len(collect.records) == 3 and all(record.fields["org"] == "demo" for record in collect.records)
+    log.filters.clear()
+    own.filters.clear()
+    root.handlers.remove(collect)
+    # below the handler's level nothing is written either way
+    own.setLevel(logging.WARNING)
+    assert line_handler(log, logging.INFO) is None
+    finish()
+    assert len(own.stream.getvalue().splitlines()) == 4
