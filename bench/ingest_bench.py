@@ -321,9 +321,20 @@ def pending_in_queue(queue_db: Path, sink: str = "sql") -> int:
     try:
         row = conn.execute("SELECT seq FROM cursors WHERE sink = ?", (sink,)).fetchone()
         with read_snapshot(conn):
-            return records_after(conn, row[0] if row else 0)
+            pending = records_after(conn, row[0] if row else 0)
+            has_marks = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'shard_marks'").fetchone()
+            marks = dict(conn.execute("SELECT shard, seq FROM shard_marks")) if has_marks else {}
     finally:
         conn.close()
+    # what the ingest shards hold and the dispatcher has not moved into the queue yet
+    for path in sorted(queue_db.parent.glob(f"{queue_db.stem}.shard*{queue_db.suffix}")):
+        shard = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+        try:
+            with read_snapshot(shard):
+                pending += records_after(shard, marks.get(int(path.stem.rpartition("shard")[2]), 0))
+        finally:
+            shard.close()
+    return pending
 
 
 def cortex_cli(data_dir: Path, *args: str, timeout: float = 60) -> str:

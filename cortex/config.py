@@ -64,6 +64,9 @@ DEFAULTS: dict[str, Any] = {
         # "os": survives kill -9 of any process; "fsync": also survives power loss
         "durability": "os",
         "path": "",
+        # files requests commit to, by device, so that workers seldom wait for each other;
+        # fixed when the queue is made (a queue made before shards existed has 1)
+        "shards": 4,
         # backpressure: refuse bundles (503 + Retry-After) at this many queued records (0: no limit)
         "max_depth": 0,
         # ... or when the data directory's filesystem is this full (0.0-1.0; 0: no limit)
@@ -351,6 +354,9 @@ def _check_operations(config: dict) -> None:
     if config["logging"]["format"] not in ("plain", "json"):
         raise ConfigError('logging.format must be "plain" or "json"')
     _check_number(config, "queue", "max_depth", minimum=0)
+    shards = config["queue"]["shards"]
+    if isinstance(shards, bool) or not isinstance(shards, int) or not 1 <= shards <= 64:
+        raise ConfigError(f"queue.shards must be a whole number from 1 to 64, not {shards!r}")
     _check_number(config, "queue", "pressure_check_interval", minimum=0)
     _check_number(config, "queue", "retry_after", minimum=1)
     fill = config["queue"]["max_disk_fill"]

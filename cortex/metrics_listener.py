@@ -28,9 +28,9 @@ def start_metrics_listener(config: dict, log: logging.Logger | None = None):
     from prometheus_client import start_http_server
 
     from cortex.backpressure import Backpressure
-    from cortex.queue import SQLiteQueue
+    from cortex.queue import make_queue
 
-    queue = SQLiteQueue(config["queue"]["path"], config["queue"]["durability"])
+    queue = make_queue({**config, "queue": {**config["queue"], "backend": "sqlite"}})
     collector = QueueCollector(queue, list(config["sinks"]), config["data_dir"], Backpressure(queue, config))
     host, port = _split(bind)
     server, _thread = start_http_server(port, addr=host, registry=_Scrape(collector))

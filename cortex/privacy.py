@@ -21,6 +21,7 @@ from typing import Any, Iterator
 
 from cortex.dispatcher import DispatcherLock
 from cortex.privacy_store import PrivacyStore
+from cortex.queue_shards import move_shards
 from cortex.sinks import sink_can
 from cortex.subjects import Subject
 
@@ -73,6 +74,7 @@ class SubjectExport:
                 self.sources[sink.name] = f"failed: {type(error).__name__}: {error}"
             finally:
                 sink.close()
+        move_shards(self.state.queue)  # the ingest shards' error rows into the queue's log first
         store = PrivacyStore(self.state.queue)
         yield from fresh(store.log_records(self.subject, "ingest_errors"), "ingest_errors")
         yield from fresh(store.log_records(self.subject, "dead_letters"), "dead_letters")
@@ -126,6 +128,7 @@ def erase_subject(state, subject: Subject, tombstone: bool = True, wait_seconds:
         else:
             _wait(store, request, wait_seconds)
     result["sinks"].update(store.erasure_status(request))
+    move_shards(state.queue)  # the ingest shards' error rows into the queue's log first
     result["queue"] = store.erase_logs(subject)
     log.info("data subject of org %s deleted: %s", subject.org,
              {name: s["removed"] for name, s in result["sinks"].items()})

@@ -209,8 +209,12 @@ class Entry:
 class SQLiteQueue:
     """The embedded queue.  One instance per process; safe to share between its threads."""
 
-    def __init__(self, path: str, durability: str = "os", busy_timeout: float = 10.0):
+    def __init__(self, path: str, durability: str = "os", busy_timeout: float = 10.0,
+                 turn_of: "SQLiteQueue | None" = None):
         self.path = path
+        #: the queue whose turn this one's commits take (a process's ingest shards share
+        #: the turn of its queue, see :mod:`cortex.queue_shards`)
+        self._turn_of = turn_of
         self.durability = durability
         self.busy_timeout = busy_timeout
         self._pid = None
@@ -270,6 +274,8 @@ class SQLiteQueue:
     def turn(self) -> Turn:
         """This process's turn between request commits and the embedded dispatcher's batches
         (:mod:`cortex.turns`)."""
+        if self._turn_of is not None:
+            return self._turn_of.turn
         self._check_fork()
         return self._turn
 
@@ -929,4 +935,6 @@ def make_queue(config: dict):
         from cortex.kafka_queue import KafkaQueue
 
         return KafkaQueue(config)
-    return SQLiteQueue(config["queue"]["path"], config["queue"]["durability"])
+    from cortex.queue_shards import ShardedQueue
+
+    return ShardedQueue(config["queue"]["path"], config["queue"]["durability"], config["queue"]["shards"])

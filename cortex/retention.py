@@ -140,7 +140,9 @@ class SinkRetention:
 def expire_queue_logs(state, until_done: bool = True) -> dict[str, int]:
     """Delete dead letters and ingest-error-log rows past their ages, in batches."""
     from cortex.privacy_store import PrivacyStore
+    from cortex.queue_shards import move_shards
 
+    move_shards(state.queue)  # the ingest shards' error rows into the queue's log first
     store = PrivacyStore(state.queue)
     settings = state.config["retention"]
     batch = int(settings["batch_size"])

@@ -1,0 +1,347 @@
+"""Ingest shards: requests commit to one of several SQLite files, the dispatcher reads one.
+
+Every request commit takes its queue file's writer lock, so the gunicorn workers of one
+file take turns at it, and while one commits the other waits with a CPU idle.  With
+``[queue] shards = N`` (N > 1) a request commits to one of N *ingest shards*
+(``queue.shard0.db`` ...), chosen by its device (:func:`shard_of`), so two workers seldom
+want the same file at once.  Each shard is a whole :class:`~cortex.queue.SQLiteQueue`: the
+request's entry, dedupe keys and ingest-error rows are still one transaction, so a ``200``
+means what it always meant.
+
+The dispatcher *moves* the shards' entries into the queue (``queue.db``) before it reads
+(:meth:`ShardedQueue.move`): in one transaction of the queue it appends them, each with the
+queue's next seq, with their ingest-error rows, and records in ``shard_marks`` up to which
+shard seq it has them; then it deletes them from the shard.  A move that dies between the
+two steps is finished by the next one, which skips what the mark says is there.  Everything
+downstream (sink cursors, the order of seqs that the file sink relies on, counters, dead
+letters, the ingest error log, privacy, retention) works on the queue as without shards.
+
+What holds it together:
+
+- **Dedupe stays exact.**  A bundle's keys share its device's group
+  (:func:`cortex.ingest.pipeline.key_group`), which chooses the shard, so a retry always
+  meets its keys.  A device's entries are in one shard, moved in their order.
+- **The number of shards is fixed** when the queue is made and kept in it: moving a device
+  to another shard would forget its dedupe keys.  A queue made before shards existed has
+  one, and with one shard requests commit to the queue itself, as they always did.
+- **Counts and depths are exact**: what is not moved yet is added from the shards, and a
+  read that a move overtook is read again.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from typing import Any
+
+from cortex.queue import (
+    COUNTS,
+    NEWEST_TOTAL,
+    NEXT_SEQ,
+    SQLiteQueue,
+    Submission,
+    read_snapshot,
+    records_after,
+    write_transaction,
+)
+
+__all__ = ["ShardedQueue", "move_shards", "shard_of", "shard_path"]
+
+#: entries moved from one shard per transaction of the queue
+MOVE_BATCH = 2000
+
+_MARKS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS shards (id INTEGER PRIMARY KEY CHECK (id = 1), count INTEGER NOT NULL);
+-- up to which seq (and ingest-error id) each shard's rows are in the queue
+CREATE TABLE IF NOT EXISTS shard_marks (
+    shard INTEGER PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    error_id INTEGER NOT NULL
+);
+"""
+
+
+def move_shards(queue) -> int:
+    """Move what a queue's ingest shards hold into it, before working on its logs (a queue
+    without shards, or of another backend, has nothing to move); returns how many entries."""
+    move = getattr(queue, "move", None)
+    return move() if move is not None else 0
+
+
+def shard_path(path: str, index: int) -> str:
+    """The file of ingest shard ``index`` of the queue at ``path``."""
+    stem, ext = os.path.splitext(path)
+    return f"{stem}.shard{index}{ext or '.db'}"
+
+
+def shard_of(key_group: bytes, shards: int) -> int:
+    """The shard of a submission whose keys share ``key_group`` (0 without one)."""
+    if shards <= 1 or not key_group:
+        return 0
+    return int.from_bytes(key_group, "big") % shards
+
+
+class ShardedQueue:
+    """The embedded queue with its ingest shards (see the module docstring).  One instance
+    per process, as :class:`SQLiteQueue`; what it does not define is the queue's own."""
+
+    def __init__(self, path: str, durability: str = "os", shards: int = 1):
+        self.path = path
+        self.durability = durability
+        self.wanted = max(1, int(shards))
+        self.main = SQLiteQueue(path, durability)
+        self._shards: list[SQLiteQueue] | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        # the queue's own: reader, writer, write_lock, turn, cursors, dead letters, ...
+        return getattr(self.main, name)
+
+    # shards ----------------------------------------------------------------------------------
+    @property
+    def shards(self) -> list[SQLiteQueue]:
+        """The ingest shards (none when the queue has one: requests commit to it)."""
+        if self._shards is None:
+            count = self._stored_count()
+            self._shards = [] if count == 1 else [
+                SQLiteQueue(shard_path(self.path, i), self.durability, turn_of=self.main) for i in range(count)
+            ]
+        return self._shards
+
+    @property
+    def count(self) -> int:
+        """How many shards requests commit to (1: the queue itself)."""
+        return max(1, len(self.shards))
+
+    def _stored_count(self) -> int:
+        """The number of shards the queue was made with: ``wanted`` for a queue not made yet,
+        1 for one made before shards existed."""
+        if not os.path.exists(self.path):
+            return self.wanted
+        conn = self.main.reader
+        try:
+            row = conn.execute("SELECT count FROM shards").fetchone()
+        except sqlite3.OperationalError:  # no such table: made before shards, or not yet
+            made = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'entries'").fetchone()
+            return 1 if made else self.wanted
+        return row[0] if row else self.wanted
+
+    def create_schema(self) -> None:
+        """Create the queue's and the shards' tables, recording the number of shards
+        (idempotent; an existing queue keeps its number)."""
+        count = self._stored_count()
+        self.main.create_schema()
+        with self.main.write_lock():
+            conn = self.main.reader
+            conn.executescript(_MARKS_SCHEMA)
+            conn.execute("INSERT OR IGNORE INTO shards (id, count) VALUES (1, ?)", (count,))
+        self._shards = None
+        for shard in self.shards:
+            shard.create_schema()
+
+    def close(self) -> None:
+        """Close this thread's connections of the queue and its shards."""
+        self.main.close()
+        for shard in self._shards or []:
+            shard.close()
+
+    # ingest ----------------------------------------------------------------------------------
+    def submit(self, submission: Submission) -> Submission:
+        """Store a request's records in its device's shard (see :meth:`SQLiteQueue.submit`)."""
+        shards = self.shards
+        if not shards:
+            return self.main.submit(submission)
+        return shards[shard_of(submission.key_group, len(shards))].submit(submission)
+
+    def probe_writable(self, timeout: float = 2.0) -> None:
+        """Raise ``sqlite3.Error`` when the queue or a shard cannot be written now."""
+        self.main.probe_writable(timeout)
+        for shard in self.shards:
+            shard.probe_writable(timeout)
+
+    # moving ----------------------------------------------------------------------------------
+    def _marks(self) -> dict[int, tuple[int, int]]:
+        return {shard: (seq, error_id) for shard, seq, error_id in
+                self.main.reader.execute("SELECT shard, seq, error_id FROM shard_marks")}
+
+    def move(self) -> int:
+        """Move every shard's entries (and ingest-error rows) into the queue; returns how
+        many entries.  Safe to call from any process at any time."""
+        moved = 0
+        for index, shard in enumerate(self.shards):
+            while True:
+                count = self._move_from(index, shard)
+                moved += count
+                if count < MOVE_BATCH:
+                    break
+        return moved
+
+    def _move_from(self, index: int, shard: SQLiteQueue) -> int:
+        seq_mark, error_mark = self._marks().get(index, (0, 0))
+        source = shard.reader
+        with read_snapshot(source):
+            entries = source.execute(
+                "SELECT seq, org, app_id, count, records, enqueued_at, accepted, duplicate, rejected "
+                "FROM entries WHERE seq > ? ORDER BY seq LIMIT ?", (seq_mark, MOVE_BATCH),
+            ).fetchall()
+            top = entries[-1][0] if entries else seq_mark
+            # error rows are written with their entries: these are of the entries read or
+            # of later ones, which may go first
+            errors = source.execute(
+                "SELECT id, org, app_id, record_id, received_at, record, replayed_at, request_id "
+                "FROM ingest_errors WHERE id > ? ORDER BY id", (error_mark,),
+            ).fetchall() if entries else []
+        if entries:
+            error_top = errors[-1][0] if errors else error_mark
+            conn = self.main.reader
+            with self.main.write_lock(), write_transaction(conn):
+                now = conn.execute("SELECT seq FROM shard_marks WHERE shard = ?", (index,)).fetchone()
+                if (now[0] if now else 0) != seq_mark:
+                    return 0  # another process moved them meanwhile
+                conn.executemany(
+                    "INSERT INTO entries (seq, org, app_id, count, total, records, enqueued_at, accepted, "
+                    f"duplicate, rejected) VALUES ({NEXT_SEQ},?2,?3,?4,{NEWEST_TOTAL} + ?4,?5,?6,?7,?8,?9)",
+                    entries,
+                )
+                conn.executemany(
+                    "INSERT INTO ingest_errors (org, app_id, record_id, received_at, record, replayed_at, request_id) "
+                    "VALUES (?2,?3,?4,?5,?6,?7,?8)", errors,
+                )
+                conn.execute(
+                    "INSERT INTO shard_marks (shard, seq, error_id) VALUES (?,?,?) ON CONFLICT (shard) "
+                    "DO UPDATE SET seq = excluded.seq, error_id = excluded.error_id", (index, top, error_top),
+                )
+        self._forget_moved(shard, *(self._marks().get(index, (0, 0))))
+        return len(entries)
+
+    @staticmethod
+    def _forget_moved(shard: SQLiteQueue, seq_mark: int, error_mark: int) -> None:
+        """Delete from ``shard`` what the queue has; its next entry still follows them."""
+        conn = shard.reader
+        if conn.execute("SELECT 1 FROM entries WHERE seq <= ? LIMIT 1", (seq_mark,)).fetchone() is None and \
+                conn.execute("SELECT 1 FROM ingest_errors WHERE id <= ? LIMIT 1", (error_mark,)).fetchone() is None:
+            return
+        with shard.write_lock(), write_transaction(conn):
+            conn.execute("DELETE FROM entries WHERE seq <= ?", (seq_mark,))
+            conn.execute("DELETE FROM ingest_errors WHERE id <= ?", (error_mark,))
+            # a shard pruned empty numbers its next entry after the mark (see NEXT_SEQ)
+            conn.execute("UPDATE counted SET seq = max(seq, ?)", (seq_mark,))
+
+    # reading (the dispatcher's calls move first) ------------------------------------------------
+    def read(self, after_seq: int, max_records: int):
+        """Entries after ``after_seq``, once the shards' entries are in the queue."""
+        self.move()
+        return self.main.read(after_seq, max_records)
+
+    def head(self) -> int:
+        """The seq of the newest entry, once the shards' entries are in the queue."""
+        self.move()
+        return self.main.head()
+
+    def iter_all(self):
+        """Every entry still queued (for tests and tools)."""
+        yield from self.read(0, 10**12)
+
+    def ingest_errors(self, *args, **kwargs) -> list[dict]:
+        """The ingest error log (see :meth:`SQLiteQueue.ingest_errors`), shards' rows included."""
+        self.move()
+        return self.main.ingest_errors(*args, **kwargs)
+
+    # housekeeping ----------------------------------------------------------------------------
+    def prune_dedupe(self, window_seconds: float, batch: int = 20000) -> int:
+        """Sweep the expired dedupe keys of the queue and of each shard."""
+        return self.main.prune_dedupe(window_seconds, batch) + sum(
+            shard.prune_dedupe(window_seconds, batch) for shard in self.shards)
+
+    def checkpoint(self) -> None:
+        """Checkpoint the WAL of the queue and of each shard."""
+        self.main.checkpoint()
+        for shard in self.shards:
+            shard.checkpoint()
+
+    # status: the queue's figures plus what the shards hold --------------------------------------
+    def _with_unmoved(self, read_queue, read_shard):
+        """``read_queue()`` and ``read_shard(shard's connection, its seq mark)`` for each
+        shard, as of one set of marks: read again when a move overtook the reads."""
+        for _ in range(100):
+            marks = self._marks()
+            ours = read_queue()
+            parts = []
+            for index, shard in enumerate(self.shards):
+                conn = shard.reader
+                with read_snapshot(conn):
+                    parts.append(read_shard(conn, marks.get(index, (0, 0))[0]))
+            if self._marks() == marks:
+                break
+        return ours, parts
+
+    def counters(self) -> dict[str, dict[str, int]]:
+        """org -> {accepted, duplicate, rejected}: the queue's, plus the shards' entries not
+        moved yet and their all-duplicate requests (counted where they were committed)."""
+        if not self.shards:
+            return self.main.counters()
+
+        def unmoved(conn, mark):
+            rows = conn.execute("SELECT org, name, value FROM counters").fetchall()
+            for org, *values in conn.execute(
+                "SELECT org, coalesce(sum(accepted), 0), coalesce(sum(duplicate), 0), "
+                "coalesce(sum(rejected), 0) FROM entries WHERE seq > ? GROUP BY org", (mark,)
+            ):
+                rows.extend((org, name, value) for name, value in zip(COUNTS, values))
+            return rows
+
+        result, parts = self._with_unmoved(self.main.counters, unmoved)
+        for rows in parts:
+            for org, name, value in rows:
+                result.setdefault(org, dict.fromkeys(COUNTS, 0))[name] += value
+        return result
+
+    def depth(self) -> dict[str, int]:
+        """Entries and records in the queue and not moved yet from the shards."""
+        depth, parts = self._with_unmoved(self.main.depth, lambda conn, mark: (
+            conn.execute("SELECT count(*) FROM entries WHERE seq > ?", (mark,)).fetchone()[0],
+            records_after(conn, mark)))
+        return {"entries": depth["entries"] + sum(p[0] for p in parts),
+                "records": depth["records"] + sum(p[1] for p in parts)}
+
+    def _shard_backlog(self) -> tuple[int, int, float | None]:
+        """Entries and records not moved yet, and when the oldest of them was queued."""
+        def backlog(conn, mark):
+            first = conn.execute(
+                "SELECT enqueued_at FROM entries WHERE seq > ? ORDER BY seq LIMIT 1", (mark,)).fetchone()
+            return (conn.execute("SELECT count(*) FROM entries WHERE seq > ?", (mark,)).fetchone()[0],
+                    records_after(conn, mark), first[0] if first else None)
+
+        _, parts = self._with_unmoved(lambda: None, backlog)
+        oldest = [p[2] for p in parts if p[2] is not None]
+        return sum(p[0] for p in parts), sum(p[1] for p in parts), (min(oldest) if oldest else None)
+
+    def stats(self) -> dict[str, Any]:
+        """Entries and records held (moved or not), and when the oldest was queued."""
+        stats = self.main.stats()
+        if not self.shards:
+            return stats
+        entries, records, oldest = self._shard_backlog()
+        times = [t for t in (stats["oldest_enqueued_at"], oldest) if t is not None]
+        return {"entries": stats["entries"] + entries, "records": stats["records"] + records,
+                "oldest_enqueued_at": min(times) if times else None}
+
+    def sink_status(self, sinks: list[str]) -> dict[str, dict[str, int]]:
+        """sink -> {cursor, delivered, pending, dead_lettered}; entries not moved yet are
+        pending for every sink."""
+        status = self.main.sink_status(sinks)
+        if self.shards:
+            _, records, _ = self._shard_backlog()
+            for sink in status.values():
+                sink["pending"] += records
+        return status
+
+    def sink_lag(self, sink: str) -> dict[str, Any]:
+        """How far ``sink`` is behind, counting the entries not moved yet."""
+        lag = self.main.sink_lag(sink)
+        if not self.shards:
+            return lag
+        entries, _, oldest = self._shard_backlog()
+        times = [t for t in (lag["oldest_pending_at"], oldest) if t is not None]
+        return {"pending_entries": lag["pending_entries"] + entries,
+                "oldest_pending_at": min(times) if times else None}
+
