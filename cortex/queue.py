@@ -92,6 +92,12 @@ NEXT_SEQ = f"{NEWEST_SEQ} + 1"
 #: plus its count.  Entries of a version without totals are passed over, so the totals of
 #: the others stay a running sum of their own counts (see :func:`records_after`)
 NEWEST_TOTAL = "coalesce((SELECT total FROM entries WHERE total IS NOT NULL ORDER BY seq DESC LIMIT 1), 0)"
+#: appends an entry from (org, app_id, count, records, enqueued_at, accepted, duplicate,
+#: rejected), with the next seq and its running total
+INSERT_ENTRY = (
+    "INSERT INTO entries (seq, org, app_id, count, total, records, enqueued_at, accepted, duplicate, "
+    f"rejected) VALUES ({NEXT_SEQ},?1,?2,?3,{NEWEST_TOTAL} + ?3,?4,?5,?6,?7,?8)"
+)
 
 #: pages the WAL may grow to before a writer checkpoints it itself (the dispatcher normally
 #: does it first); bounds the WAL when no dispatcher runs
@@ -407,11 +413,7 @@ class SQLiteQueue:
                     key = (submission.org, "duplicate")
                     counts[key] = counts.get(key, 0) + submission.duplicate_count
             if entries:
-                conn.executemany(
-                    "INSERT INTO entries (seq, org, app_id, count, total, records, enqueued_at, accepted, duplicate, "
-                    f"rejected) VALUES ({NEXT_SEQ},?1,?2,?3,{NEWEST_TOTAL} + ?3,?4,?5,?6,?7,?8)",
-                    entries,
-                )
+                conn.executemany(INSERT_ENTRY, entries)
             if error_rows:
                 conn.executemany(
                     "INSERT INTO ingest_errors (org, app_id, record_id, received_at, record, request_id) "

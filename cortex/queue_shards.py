@@ -36,8 +36,7 @@ from typing import Any
 
 from cortex.queue import (
     COUNTS,
-    NEWEST_TOTAL,
-    NEXT_SEQ,
+    INSERT_ENTRY,
     SQLiteQueue,
     Submission,
     read_snapshot,
@@ -197,11 +196,7 @@ class ShardedQueue:
                 now = conn.execute("SELECT seq FROM shard_marks WHERE shard = ?", (index,)).fetchone()
                 if (now[0] if now else 0) != seq_mark:
                     return 0  # another process moved them meanwhile
-                conn.executemany(
-                    "INSERT INTO entries (seq, org, app_id, count, total, records, enqueued_at, accepted, "
-                    f"duplicate, rejected) VALUES ({NEXT_SEQ},?2,?3,?4,{NEWEST_TOTAL} + ?4,?5,?6,?7,?8,?9)",
-                    entries,
-                )
+                conn.executemany(INSERT_ENTRY, [entry[1:] for entry in entries])
                 conn.executemany(
                     "INSERT INTO ingest_errors (org, app_id, record_id, received_at, record, replayed_at, request_id) "
                     "VALUES (?2,?3,?4,?5,?6,?7,?8)", errors,
@@ -210,7 +205,9 @@ class ShardedQueue:
                     "INSERT INTO shard_marks (shard, seq, error_id) VALUES (?,?,?) ON CONFLICT (shard) "
                     "DO UPDATE SET seq = excluded.seq, error_id = excluded.error_id", (index, top, error_top),
                 )
-        self._forget_moved(shard, *(self._marks().get(index, (0, 0))))
+            seq_mark, error_mark = top, error_top
+        # also what a move cut short before this step left behind
+        self._forget_moved(shard, seq_mark, error_mark)
         return len(entries)
 
     @staticmethod
@@ -262,6 +259,8 @@ class ShardedQueue:
     def _with_unmoved(self, read_queue, read_shard):
         """``read_queue()`` and ``read_shard(shard's connection, its seq mark)`` for each
         shard, as of one set of marks: read again when a move overtook the reads."""
+        if not self.shards:
+            return read_queue(), []
         for _ in range(100):
             marks = self._marks()
             ours = read_queue()
@@ -274,12 +273,22 @@ class ShardedQueue:
                 break
         return ours, parts
 
+    def _with_backlog(self, read_queue) -> tuple[Any, int, int, float | None]:
+        """``read_queue()``, and the entries and records the shards hold that are not moved
+        yet and when the oldest of them was queued, as of one set of marks."""
+        def backlog(conn, mark):
+            first = conn.execute(
+                "SELECT enqueued_at FROM entries WHERE seq > ? ORDER BY seq LIMIT 1", (mark,)).fetchone()
+            return (conn.execute("SELECT count(*) FROM entries WHERE seq > ?", (mark,)).fetchone()[0],
+                    records_after(conn, mark), first[0] if first else None)
+
+        ours, parts = self._with_unmoved(read_queue, backlog)
+        oldest = [p[2] for p in parts if p[2] is not None]
+        return ours, sum(p[0] for p in parts), sum(p[1] for p in parts), (min(oldest) if oldest else None)
+
     def counters(self) -> dict[str, dict[str, int]]:
         """org -> {accepted, duplicate, rejected}: the queue's, plus the shards' entries not
         moved yet and their all-duplicate requests (counted where they were committed)."""
-        if not self.shards:
-            return self.main.counters()
-
         def unmoved(conn, mark):
             rows = conn.execute("SELECT org, name, value FROM counters").fetchall()
             for org, *values in conn.execute(
@@ -297,30 +306,12 @@ class ShardedQueue:
 
     def depth(self) -> dict[str, int]:
         """Entries and records in the queue and not moved yet from the shards."""
-        depth, parts = self._with_unmoved(self.main.depth, lambda conn, mark: (
-            conn.execute("SELECT count(*) FROM entries WHERE seq > ?", (mark,)).fetchone()[0],
-            records_after(conn, mark)))
-        return {"entries": depth["entries"] + sum(p[0] for p in parts),
-                "records": depth["records"] + sum(p[1] for p in parts)}
-
-    def _shard_backlog(self) -> tuple[int, int, float | None]:
-        """Entries and records not moved yet, and when the oldest of them was queued."""
-        def backlog(conn, mark):
-            first = conn.execute(
-                "SELECT enqueued_at FROM entries WHERE seq > ? ORDER BY seq LIMIT 1", (mark,)).fetchone()
-            return (conn.execute("SELECT count(*) FROM entries WHERE seq > ?", (mark,)).fetchone()[0],
-                    records_after(conn, mark), first[0] if first else None)
-
-        _, parts = self._with_unmoved(lambda: None, backlog)
-        oldest = [p[2] for p in parts if p[2] is not None]
-        return sum(p[0] for p in parts), sum(p[1] for p in parts), (min(oldest) if oldest else None)
+        depth, entries, records, _ = self._with_backlog(self.main.depth)
+        return {"entries": depth["entries"] + entries, "records": depth["records"] + records}
 
     def stats(self) -> dict[str, Any]:
         """Entries and records held (moved or not), and when the oldest was queued."""
-        stats = self.main.stats()
-        if not self.shards:
-            return stats
-        entries, records, oldest = self._shard_backlog()
+        stats, entries, records, oldest = self._with_backlog(self.main.stats)
         times = [t for t in (stats["oldest_enqueued_at"], oldest) if t is not None]
         return {"entries": stats["entries"] + entries, "records": stats["records"] + records,
                 "oldest_enqueued_at": min(times) if times else None}
@@ -328,20 +319,14 @@ class ShardedQueue:
     def sink_status(self, sinks: list[str]) -> dict[str, dict[str, int]]:
         """sink -> {cursor, delivered, pending, dead_lettered}; entries not moved yet are
         pending for every sink."""
-        status = self.main.sink_status(sinks)
-        if self.shards:
-            _, records, _ = self._shard_backlog()
-            for sink in status.values():
-                sink["pending"] += records
+        status, _, records, _ = self._with_backlog(lambda: self.main.sink_status(sinks))
+        for sink in status.values():
+            sink["pending"] += records
         return status
 
     def sink_lag(self, sink: str) -> dict[str, Any]:
         """How far ``sink`` is behind, counting the entries not moved yet."""
-        lag = self.main.sink_lag(sink)
-        if not self.shards:
-            return lag
-        entries, _, oldest = self._shard_backlog()
+        lag, entries, _, oldest = self._with_backlog(lambda: self.main.sink_lag(sink))
         times = [t for t in (lag["oldest_pending_at"], oldest) if t is not None]
         return {"pending_entries": lag["pending_entries"] + entries,
                 "oldest_pending_at": min(times) if times else None}
-
