@@ -158,6 +158,7 @@ def worker(once, wait):
     """Run the dispatcher in this process: queue -> enrichers -> sinks."""
     from cortex.dispatcher import Dispatcher, DispatcherLock
     from cortex.metrics import prepare_multiprocess_dir
+    from cortex.server import freeze_startup_heap
 
     cortex_state = state()
     # the server's /metrics adds up this process's counters too (same directory)
@@ -169,6 +170,7 @@ def worker(once, wait):
         click.echo(f"another dispatcher (pid {lock.holder()}) works on this data directory; waiting for it", err=True)
         lock.acquire(blocking=True)
     dispatcher = Dispatcher(cortex_state)
+    freeze_startup_heap()
     try:
         if once:
             dispatcher.drain(timeout=3600)

@@ -634,7 +634,7 @@ class SQLiteQueue:
 
     def checkpoint(self) -> None:
         """Copy the WAL back into the database without waiting for readers (housekeeping)."""
-        self.reader.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        self.reader.execute("PRAGMA main.wal_checkpoint(PASSIVE)")  # not the attached shards'
 
     def counted(self) -> int:
         """The seq up to which the entries' counts are in the ``counters`` table."""

@@ -11,7 +11,9 @@ means what it always meant.
 The dispatcher *moves* the shards' entries into the queue (``queue.db``) before it reads
 (:meth:`ShardedQueue.move`): in one transaction of the queue it appends them, each with the
 queue's next seq, with their ingest-error rows, and records in ``shard_marks`` up to which
-shard seq it has them; then it deletes them from the shard.  A move that dies between the
+shard seq it has them (one ``INSERT ... SELECT`` from the shard, attached to the queue's
+connection, so the records' bytes never pass through Python); then it deletes them from the
+shard.  A move that dies between the
 two steps is finished by the next one, which skips what the mark says is there.  Everything
 downstream (sink cursors, the order of seqs that the file sink relies on, counters, dead
 letters, the ingest error log, privacy, retention) works on the queue as without shards.
@@ -30,13 +32,15 @@ What holds it together:
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 from typing import Any
 
 from cortex.queue import (
     COUNTS,
-    INSERT_ENTRY,
+    NEWEST_SEQ,
+    NEWEST_TOTAL,
     SQLiteQueue,
     Submission,
     read_snapshot,
@@ -45,6 +49,8 @@ from cortex.queue import (
 )
 
 __all__ = ["ShardedQueue", "move_shards", "shard_of", "shard_path"]
+
+log = logging.getLogger("cortex.queue")
 
 #: entries moved from one shard per transaction of the queue
 MOVE_BATCH = 2000
@@ -65,6 +71,25 @@ def move_shards(queue) -> int:
     without shards, or of another backend, has nothing to move); returns how many entries."""
     move = getattr(queue, "move", None)
     return move() if move is not None else 0
+
+
+#: shards a connection keeps attached (SQLite attaches at most 10 databases at once);
+#: the others are attached for each move and detached after it
+KEPT_ATTACHED = 8
+
+
+def _attach(conn: sqlite3.Connection, path: str, index: int) -> str:
+    """The schema name under which ``conn`` reads shard ``index`` (attached if it is not)."""
+    name = f"shard{index}" if index < KEPT_ATTACHED else "shard_other"
+    if conn.execute("SELECT 1 FROM pragma_database_list WHERE name = ?", (name,)).fetchone() is None:
+        conn.execute("ATTACH DATABASE ? AS " + name, (path,))
+    return name
+
+
+def _release(conn: sqlite3.Connection, name: str) -> None:
+    """Detach ``name`` again unless it is one of the shards kept attached."""
+    if name == "shard_other":
+        conn.execute("DETACH DATABASE shard_other")
 
 
 def shard_path(path: str, index: int) -> str:
@@ -128,6 +153,13 @@ class ShardedQueue:
         """Create the queue's and the shards' tables, recording the number of shards
         (idempotent; an existing queue keeps its number)."""
         count = self._stored_count()
+        if count != self.wanted:
+            log.warning(
+                "queue.shards is %d, but the queue %s was made with %d; it keeps %d (a device's dedupe "
+                "keys must stay in its shard). Set queue.shards = %d to match, or see the README's "
+                "Upgrades for how to start a queue with another number.",
+                self.wanted, self.path, count, count, count,
+            )
         self.main.create_schema()
         with self.main.write_lock():
             conn = self.main.reader
@@ -175,40 +207,67 @@ class ShardedQueue:
         return moved
 
     def _move_from(self, index: int, shard: SQLiteQueue) -> int:
-        seq_mark, error_mark = self._marks().get(index, (0, 0))
-        source = shard.reader
-        with read_snapshot(source):
-            entries = source.execute(
-                "SELECT seq, org, app_id, count, records, enqueued_at, accepted, duplicate, rejected "
-                "FROM entries WHERE seq > ? ORDER BY seq LIMIT ?", (seq_mark, MOVE_BATCH),
-            ).fetchall()
-            top = entries[-1][0] if entries else seq_mark
-            # error rows are written with their entries: these are of the entries read or
-            # of later ones, which may go first
-            errors = source.execute(
-                "SELECT id, org, app_id, record_id, received_at, record, replayed_at, request_id "
-                "FROM ingest_errors WHERE id > ? ORDER BY id", (error_mark,),
-            ).fetchall() if entries else []
-        if entries:
-            error_top = errors[-1][0] if errors else error_mark
-            conn = self.main.reader
-            with self.main.write_lock(), write_transaction(conn):
-                now = conn.execute("SELECT seq FROM shard_marks WHERE shard = ?", (index,)).fetchone()
-                if (now[0] if now else 0) != seq_mark:
-                    return 0  # another process moved them meanwhile
-                conn.executemany(INSERT_ENTRY, [entry[1:] for entry in entries])
-                conn.executemany(
-                    "INSERT INTO ingest_errors (org, app_id, record_id, received_at, record, replayed_at, request_id) "
-                    "VALUES (?2,?3,?4,?5,?6,?7,?8)", errors,
-                )
-                conn.execute(
-                    "INSERT INTO shard_marks (shard, seq, error_id) VALUES (?,?,?) ON CONFLICT (shard) "
-                    "DO UPDATE SET seq = excluded.seq, error_id = excluded.error_id", (index, top, error_top),
-                )
-            seq_mark, error_mark = top, error_top
+        conn = self.main.reader
+        name = _attach(conn, shard.path, index)
+        try:
+            seq_mark, error_mark, moved = self._append_from(conn, name, index)
+        finally:
+            _release(conn, name)
         # also what a move cut short before this step left behind
         self._forget_moved(shard, seq_mark, error_mark)
-        return len(entries)
+        return moved
+
+    def _append_from(self, conn: sqlite3.Connection, name: str, index: int) -> tuple[int, int, int]:
+        """Append to the queue the entries (and ingest-error rows) of the shard attached as
+        ``name`` that it does not have yet; returns the shard's new marks and how many entries."""
+        with self.main.write_lock():
+            # a deferred transaction: the shard is only read (its snapshot), so its request
+            # commits go on; the queue's own writers wait for the lock held here
+            conn.execute("BEGIN")
+            try:
+                mark = conn.execute(
+                    "SELECT seq, error_id FROM main.shard_marks WHERE shard = ?", (index,)).fetchone()
+                seq_mark, error_mark = mark if mark else (0, 0)
+                top = conn.execute(
+                    f"SELECT max(seq) FROM (SELECT seq FROM {name}.entries WHERE seq > ? ORDER BY seq LIMIT ?)",
+                    (seq_mark, MOVE_BATCH),
+                ).fetchone()[0]
+                if top is not None:
+                    # error rows are written with their entries: these are of the entries
+                    # moved or of later ones, which may go first
+                    error_top = conn.execute(
+                        f"SELECT coalesce(max(id), ?1) FROM {name}.ingest_errors WHERE id > ?1", (error_mark,),
+                    ).fetchone()[0]
+                    seq, total = conn.execute(f"SELECT {NEWEST_SEQ}, {NEWEST_TOTAL}").fetchone()
+                    # in SQL, so that the records' bytes never become Python objects: each
+                    # entry takes the queue's next seq and running total, in the shard's order
+                    moved = conn.execute(
+                        "INSERT INTO main.entries (seq, org, app_id, count, total, records, enqueued_at, "
+                        "accepted, duplicate, rejected) "
+                        "SELECT ?1 + row_number() OVER w, org, app_id, count, ?2 + sum(count) OVER w, records, "
+                        "enqueued_at, accepted, duplicate, rejected "
+                        f"FROM {name}.entries WHERE seq > ?3 AND seq <= ?4 "
+                        "WINDOW w AS (ORDER BY seq ROWS UNBOUNDED PRECEDING) ORDER BY seq",
+                        (seq, total, seq_mark, top),
+                    ).rowcount
+                    conn.execute(
+                        "INSERT INTO main.ingest_errors (org, app_id, record_id, received_at, record, replayed_at, "
+                        "request_id) SELECT org, app_id, record_id, received_at, record, replayed_at, request_id "
+                        f"FROM {name}.ingest_errors WHERE id > ? AND id <= ? ORDER BY id", (error_mark, error_top),
+                    )
+                    conn.execute(
+                        "INSERT INTO main.shard_marks (shard, seq, error_id) VALUES (?,?,?) ON CONFLICT (shard) "
+                        "DO UPDATE SET seq = excluded.seq, error_id = excluded.error_id", (index, top, error_top),
+                    )
+                    seq_mark, error_mark = top, error_top
+                else:
+                    moved = 0
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        return seq_mark, error_mark, moved
 
     @staticmethod
     def _forget_moved(shard: SQLiteQueue, seq_mark: int, error_mark: int) -> None:

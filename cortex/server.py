@@ -2,15 +2,30 @@
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
+
+
+def freeze_startup_heap() -> None:
+    """Exempt what exists once the app is loaded (modules, the app, its configuration) from
+    the garbage collector's full collections, which would otherwise walk all of it each time.
+
+    A dispatcher's batches keep thousands of records alive at once, so full collections
+    come often; each walked the whole heap (in a worker delivering 100-event bundles,
+    about 1 s of CPU in 25 s, against 0.1 s after freezing).  Startup garbage is collected
+    first; what is frozen is never freed, as a process's startup objects never are anyway.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def post_worker_init(worker) -> None:
     """gunicorn hook: start the dispatcher election in each worker, after the fork."""
     from cortex.dispatcher import start_embedded
 
+    freeze_startup_heap()
     app = worker.wsgi
     state = getattr(app, "extensions", {}).get("cortex")
     if state is not None:

@@ -74,6 +74,25 @@ def test_devices_spread_over_the_shards_and_every_event_lands_once(make_cortex):
     assert cortex.state.queue.depth()["records"] == 0
 
 
+def test_more_shards_than_sqlite_attaches_at_once_all_move(make_cortex):
+    # SQLite attaches at most 10 databases to a connection; the move reads each shard
+    # through one, so the shards past the ones it keeps attached come and go
+    many = 20
+    cortex = make_cortex(queue={"shards": many})
+    for device in range(200):
+        assert cortex.post(device_bundle(cortex, device, size=1)).status_code == 200
+    assert sum(1 for n in entries_per_shard(cortex) if n) == many
+    for _ in range(3):  # every move attaches the same way again
+        cortex.state.queue.move()
+    entries = cortex.state.queue.read(0, 10**6)
+    assert [e.seq for e in entries] == list(range(1, 201))
+    assert entries_per_shard(cortex) == [0] * many
+    attached = [row[1] for row in cortex.state.queue.reader.execute("PRAGMA database_list")]
+    assert len(attached) <= 10 and "shard_other" not in attached
+    cortex.deliver()
+    assert cortex.sql("SELECT count(*) FROM events")[0][0] == 200
+
+
 def test_a_device_keeps_its_shard_and_its_order(make_cortex):
     cortex = make_cortex(queue={"shards": SHARDS})
     queue = cortex.state.queue
@@ -150,7 +169,7 @@ def test_processes_moving_at_once_move_each_entry_once(make_cortex):
     assert writer.counters() == {"demo": {"accepted": 300, "duplicate": 0, "rejected": 0}}
 
 
-def test_the_number_of_shards_is_fixed_when_the_queue_is_made(make_cortex, tmp_path):
+def test_the_number_of_shards_is_fixed_when_the_queue_is_made(make_cortex, tmp_path, caplog):
     cortex = make_cortex(queue={"shards": SHARDS})
     bundles = [device_bundle(cortex, device) for device in range(12)]
     for bundle in bundles:
@@ -158,14 +177,21 @@ def test_the_number_of_shards_is_fixed_when_the_queue_is_made(make_cortex, tmp_p
     path = cortex.state.config["queue"]["path"]
     # the same queue opened with another setting keeps its shards: retries stay duplicates
     reopened = ShardedQueue(path, shards=2)
+    reopened.create_schema()
     assert reopened.count == SHARDS
+    # and says so, with what to do
+    warning = next(r.getMessage() for r in caplog.records if r.name == "cortex.queue")
+    assert f"queue.shards is 2, but the queue {path} was made with {SHARDS}" in warning
+    assert f"Set queue.shards = {SHARDS} to match" in warning
     assert reopened.depth()["records"] == 36
     # a queue made before shards existed is one shard, whatever the setting
     legacy_path = str(tmp_path / "legacy" / "queue.db")
     legacy = SQLiteQueue(legacy_path)
     legacy.create_schema()
     upgraded = ShardedQueue(legacy_path, shards=8)
+    caplog.clear()
     upgraded.create_schema()
+    assert "was made with 1" in caplog.text
     assert upgraded.count == 1 and not (tmp_path / "legacy" / "queue.shard1.db").exists()
     assert ShardedQueue(legacy_path, shards=8).count == 1
 
