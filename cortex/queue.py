@@ -772,17 +772,19 @@ class SQLiteQueue:
 
 
 class write_transaction:  # noqa: N801 - used like a function, as contextlib's helpers are
-    """``with write_transaction(conn):`` a write transaction (``BEGIN IMMEDIATE``) on
+    """``with write_transaction(conn):`` a write transaction (``BEGIN IMMEDIATE``, or
+    ``begin``: a plain ``BEGIN`` takes no database's write lock until it writes there) on
     ``conn``, committed when the block ends and rolled back when it (or the commit) raises.
     A class rather than ``@contextmanager``: every request's commit goes through it."""
 
-    __slots__ = ("conn",)
+    __slots__ = ("conn", "begin")
 
-    def __init__(self, conn: sqlite3.Connection):
+    def __init__(self, conn: sqlite3.Connection, begin: str = "BEGIN IMMEDIATE"):
         self.conn = conn
+        self.begin = begin
 
     def __enter__(self) -> sqlite3.Connection:
-        self.conn.execute("BEGIN IMMEDIATE")
+        self.conn.execute(self.begin)
         return self.conn
 
     def __exit__(self, exc_type, exc, traceback) -> None:

@@ -13,8 +13,8 @@ The dispatcher *moves* the shards' entries into the queue (``queue.db``) before 
 queue's next seq, with their ingest-error rows, and records in ``shard_marks`` up to which
 shard seq it has them (one ``INSERT ... SELECT`` from the shard, attached to the queue's
 connection, so the records' bytes never pass through Python); then it deletes them from the
-shard.  A move that dies between the
-two steps is finished by the next one, which skips what the mark says is there.  Everything
+shard.  A move that dies between the two steps is finished by the next one, which skips
+what the mark says is there.  Everything
 downstream (sink cursors, the order of seqs that the file sink relies on, counters, dead
 letters, the ingest error log, privacy, retention) works on the queue as without shards.
 
@@ -220,54 +220,44 @@ class ShardedQueue:
     def _append_from(self, conn: sqlite3.Connection, name: str, index: int) -> tuple[int, int, int]:
         """Append to the queue the entries (and ingest-error rows) of the shard attached as
         ``name`` that it does not have yet; returns the shard's new marks and how many entries."""
-        with self.main.write_lock():
-            # a deferred transaction: the shard is only read (its snapshot), so its request
-            # commits go on; the queue's own writers wait for the lock held here
-            conn.execute("BEGIN")
-            try:
-                mark = conn.execute(
-                    "SELECT seq, error_id FROM main.shard_marks WHERE shard = ?", (index,)).fetchone()
-                seq_mark, error_mark = mark if mark else (0, 0)
-                top = conn.execute(
-                    f"SELECT max(seq) FROM (SELECT seq FROM {name}.entries WHERE seq > ? ORDER BY seq LIMIT ?)",
-                    (seq_mark, MOVE_BATCH),
-                ).fetchone()[0]
-                if top is not None:
-                    # error rows are written with their entries: these are of the entries
-                    # moved or of later ones, which may go first
-                    error_top = conn.execute(
-                        f"SELECT coalesce(max(id), ?1) FROM {name}.ingest_errors WHERE id > ?1", (error_mark,),
-                    ).fetchone()[0]
-                    seq, total = conn.execute(f"SELECT {NEWEST_SEQ}, {NEWEST_TOTAL}").fetchone()
-                    # in SQL, so that the records' bytes never become Python objects: each
-                    # entry takes the queue's next seq and running total, in the shard's order
-                    moved = conn.execute(
-                        "INSERT INTO main.entries (seq, org, app_id, count, total, records, enqueued_at, "
-                        "accepted, duplicate, rejected) "
-                        "SELECT ?1 + row_number() OVER w, org, app_id, count, ?2 + sum(count) OVER w, records, "
-                        "enqueued_at, accepted, duplicate, rejected "
-                        f"FROM {name}.entries WHERE seq > ?3 AND seq <= ?4 "
-                        "WINDOW w AS (ORDER BY seq ROWS UNBOUNDED PRECEDING) ORDER BY seq",
-                        (seq, total, seq_mark, top),
-                    ).rowcount
-                    conn.execute(
-                        "INSERT INTO main.ingest_errors (org, app_id, record_id, received_at, record, replayed_at, "
-                        "request_id) SELECT org, app_id, record_id, received_at, record, replayed_at, request_id "
-                        f"FROM {name}.ingest_errors WHERE id > ? AND id <= ? ORDER BY id", (error_mark, error_top),
-                    )
-                    conn.execute(
-                        "INSERT INTO main.shard_marks (shard, seq, error_id) VALUES (?,?,?) ON CONFLICT (shard) "
-                        "DO UPDATE SET seq = excluded.seq, error_id = excluded.error_id", (index, top, error_top),
-                    )
-                    seq_mark, error_mark = top, error_top
-                else:
-                    moved = 0
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-        return seq_mark, error_mark, moved
+        # a deferred transaction (plain BEGIN): the shard is only read (its snapshot), so its
+        # request commits go on; the queue's own writers wait for the lock held here
+        with self.main.write_lock(), write_transaction(conn, "BEGIN"):
+            mark = conn.execute("SELECT seq, error_id FROM main.shard_marks WHERE shard = ?", (index,)).fetchone()
+            seq_mark, error_mark = mark if mark else (0, 0)
+            top = conn.execute(
+                f"SELECT max(seq) FROM (SELECT seq FROM {name}.entries WHERE seq > ? ORDER BY seq LIMIT ?)",
+                (seq_mark, MOVE_BATCH),
+            ).fetchone()[0]
+            if top is None:
+                return seq_mark, error_mark, 0
+            # error rows are written with their entries: these are of the entries moved or
+            # of later ones, which may go first
+            error_top = conn.execute(
+                f"SELECT coalesce(max(id), ?1) FROM {name}.ingest_errors WHERE id > ?1", (error_mark,),
+            ).fetchone()[0]
+            seq, total = conn.execute(f"SELECT {NEWEST_SEQ}, {NEWEST_TOTAL}").fetchone()
+            # in SQL, so that the records' bytes never become Python objects: each entry
+            # takes the queue's next seq and running total, in the shard's order
+            moved = conn.execute(
+                "INSERT INTO main.entries (seq, org, app_id, count, total, records, enqueued_at, "
+                "accepted, duplicate, rejected) "
+                "SELECT ?1 + row_number() OVER w, org, app_id, count, ?2 + sum(count) OVER w, records, "
+                "enqueued_at, accepted, duplicate, rejected "
+                f"FROM {name}.entries WHERE seq > ?3 AND seq <= ?4 "
+                "WINDOW w AS (ORDER BY seq ROWS UNBOUNDED PRECEDING) ORDER BY seq",
+                (seq, total, seq_mark, top),
+            ).rowcount
+            conn.execute(
+                "INSERT INTO main.ingest_errors (org, app_id, record_id, received_at, record, replayed_at, "
+                "request_id) SELECT org, app_id, record_id, received_at, record, replayed_at, request_id "
+                f"FROM {name}.ingest_errors WHERE id > ? AND id <= ? ORDER BY id", (error_mark, error_top),
+            )
+            conn.execute(
+                "INSERT INTO main.shard_marks (shard, seq, error_id) VALUES (?,?,?) ON CONFLICT (shard) "
+                "DO UPDATE SET seq = excluded.seq, error_id = excluded.error_id", (index, top, error_top),
+            )
+        return top, error_top, moved
 
     @staticmethod
     def _forget_moved(shard: SQLiteQueue, seq_mark: int, error_mark: int) -> None:
