@@ -454,3 +454,13 @@ def _add_privacy_commands() -> None:
 
 
 _add_privacy_commands()
+
+
+# the embedded queue --------------------------------------------------------------------------
+def _add_queue_commands() -> None:
+    from cortex.queue_cli import queue
+
+    cli.add_command(queue)
+
+
+_add_queue_commands()

@@ -23,18 +23,24 @@ What holds it together:
 - **Dedupe stays exact.**  A bundle's keys share its device's group
   (:func:`cortex.ingest.pipeline.key_group`), which chooses the shard, so a retry always
   meets its keys.  A device's entries are in one shard, moved in their order.
-- **The number of shards is fixed** when the queue is made and kept in it: moving a device
-  to another shard would forget its dedupe keys.  A queue made before shards existed has
-  one, and with one shard requests commit to the queue itself, as they always did.
+- **The number of shards is kept in the queue**, with the *generation* of its shard files:
+  a running Cortex never changes it, since a device whose shard changed would meet none of
+  its dedupe keys.  A queue made before shards existed has one, and with one shard requests
+  commit to the queue itself, as they always did.  ``cortex queue reshard``
+  (:mod:`cortex.queue_reshard`) changes it while nothing else uses the queue: every process
+  that uses it holds a shared lock of ``<queue>.users`` (:meth:`ShardedQueue.exclusive_use`).
 - **Counts and depths are exact**: what is not moved yet is added from the shards, and a
   read that a move overtook is read again.
 """
 
 from __future__ import annotations
 
+import fcntl
+import functools
 import logging
 import os
 import sqlite3
+from contextlib import contextmanager
 from typing import Any
 
 from cortex.queue import (
@@ -48,7 +54,7 @@ from cortex.queue import (
     write_transaction,
 )
 
-__all__ = ["ShardedQueue", "move_shards", "shard_of", "shard_path"]
+__all__ = ["QueueInUse", "ShardedQueue", "detach_shards", "move_shards", "shard_of", "shard_path"]
 
 log = logging.getLogger("cortex.queue")
 
@@ -56,7 +62,12 @@ log = logging.getLogger("cortex.queue")
 MOVE_BATCH = 2000
 
 _MARKS_SCHEMA = """
-CREATE TABLE IF NOT EXISTS shards (id INTEGER PRIMARY KEY CHECK (id = 1), count INTEGER NOT NULL);
+-- the number of shards, and the generation of their files (see shard_path)
+CREATE TABLE IF NOT EXISTS shards (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    count INTEGER NOT NULL,
+    generation INTEGER NOT NULL DEFAULT 0
+);
 -- up to which seq (and ingest-error id) each shard's rows are in the queue
 CREATE TABLE IF NOT EXISTS shard_marks (
     shard INTEGER PRIMARY KEY,
@@ -79,11 +90,28 @@ KEPT_ATTACHED = 8
 
 
 def _attach(conn: sqlite3.Connection, path: str, index: int) -> str:
-    """The schema name under which ``conn`` reads shard ``index`` (attached if it is not)."""
+    """The schema name under which ``conn`` reads shard ``index`` at ``path`` (attached if it
+    is not, or if a reshard gave the shard another file)."""
     name = f"shard{index}" if index < KEPT_ATTACHED else "shard_other"
-    if conn.execute("SELECT 1 FROM pragma_database_list WHERE name = ?", (name,)).fetchone() is None:
+    attached = conn.execute("SELECT file FROM pragma_database_list WHERE name = ?", (name,)).fetchone()
+    if attached is not None and attached[0] != _real_path(path):
+        conn.execute("DETACH DATABASE " + name)
+        attached = None
+    if attached is None:
         conn.execute("ATTACH DATABASE ? AS " + name, (path,))
     return name
+
+
+def detach_shards(conn: sqlite3.Connection) -> None:
+    """Detach every shard that ``conn`` has attached (before their files go away)."""
+    for (name,) in conn.execute("SELECT name FROM pragma_database_list WHERE name LIKE 'shard%'").fetchall():
+        conn.execute("DETACH DATABASE " + name)
+
+
+@functools.lru_cache(maxsize=256)
+def _real_path(path: str) -> str:
+    """``path`` as SQLite names an attached file (absolute, symbolic links resolved)."""
+    return os.path.realpath(path)
 
 
 def _release(conn: sqlite3.Connection, name: str) -> None:
@@ -92,10 +120,15 @@ def _release(conn: sqlite3.Connection, name: str) -> None:
         conn.execute("DETACH DATABASE shard_other")
 
 
-def shard_path(path: str, index: int) -> str:
-    """The file of ingest shard ``index`` of the queue at ``path``."""
+def shard_path(path: str, index: int, generation: int = 0) -> str:
+    """The file of ingest shard ``index`` of the queue at ``path``: ``queue.shard0.db`` for
+    the shards the queue was made with, ``queue.shard0.g1.db`` once it was resharded."""
     stem, ext = os.path.splitext(path)
-    return f"{stem}.shard{index}{ext or '.db'}"
+    return f"{stem}.shard{index}{f'.g{generation}' if generation else ''}{ext or '.db'}"
+
+
+class QueueInUse(Exception):
+    """Another process (a server, a worker, a command) uses the queue."""
 
 
 def shard_of(key_group: bytes, shards: int) -> int:
@@ -115,6 +148,9 @@ class ShardedQueue:
         self.wanted = max(1, int(shards))
         self.main = SQLiteQueue(path, durability)
         self._shards: list[SQLiteQueue] | None = None
+        self._generation = 0
+        #: ``<queue>.users``, locked shared for as long as this process uses the queue
+        self._users = None
 
     def __getattr__(self, name: str) -> Any:
         # the queue's own: reader, writer, write_lock, turn, cursors, dead letters, ...
@@ -125,45 +161,94 @@ class ShardedQueue:
     def shards(self) -> list[SQLiteQueue]:
         """The ingest shards (none when the queue has one: requests commit to it)."""
         if self._shards is None:
-            count = self._stored_count()
+            self._use()
+            count, self._generation = self._stored_layout()
             self._shards = [] if count == 1 else [
-                SQLiteQueue(shard_path(self.path, i), self.durability, turn_of=self.main) for i in range(count)
+                SQLiteQueue(shard_path(self.path, i, self._generation), self.durability, turn_of=self.main)
+                for i in range(count)
             ]
         return self._shards
+
+    @property
+    def generation(self) -> int:
+        """The generation of the shard files (see :func:`shard_path`): how often the queue
+        was resharded."""
+        self.shards
+        return self._generation
 
     @property
     def count(self) -> int:
         """How many shards requests commit to (1: the queue itself)."""
         return max(1, len(self.shards))
 
-    def _stored_count(self) -> int:
-        """The number of shards the queue was made with: ``wanted`` for a queue not made yet,
-        1 for one made before shards existed."""
+    def _stored_layout(self) -> tuple[int, int]:
+        """The number of shards the queue has and the generation of their files: ``wanted``
+        for a queue not made yet, 1 for one made before shards existed."""
         if not os.path.exists(self.path):
-            return self.wanted
+            return self.wanted, 0
         conn = self.main.reader
         try:
-            row = conn.execute("SELECT count FROM shards").fetchone()
-        except sqlite3.OperationalError:  # no such table: made before shards, or not yet
-            made = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'entries'").fetchone()
-            return 1 if made else self.wanted
-        return row[0] if row else self.wanted
+            row = conn.execute("SELECT count, generation FROM shards").fetchone()
+        except sqlite3.OperationalError:  # no such table (made before shards, or not yet) or column
+            if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'shards'").fetchone():
+                row = conn.execute("SELECT count, 0 FROM shards").fetchone()
+            else:
+                made = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'entries'").fetchone()
+                return (1 if made else self.wanted), 0
+        return tuple(row) if row else (self.wanted, 0)
+
+    # using the queue -------------------------------------------------------------------------
+    def _use(self) -> None:
+        """Hold ``<queue>.users`` shared from now on, waiting while a reshard holds it."""
+        if self._users is not None:
+            return
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        users = open(self.path + ".users", "a+")
+        try:
+            fcntl.flock(users, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.warning("the queue %s is being resharded (cortex queue reshard); waiting for it", self.path)
+            fcntl.flock(users, fcntl.LOCK_SH)
+        self._users = users
+
+    @contextmanager
+    def exclusive_use(self):
+        """Hold the queue alone (for :mod:`cortex.queue_reshard`): raises :class:`QueueInUse`
+        when another process uses it; processes that start meanwhile wait."""
+        self._use()
+        try:
+            fcntl.flock(self._users, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            # converting a lock may drop it first: hold it shared again
+            fcntl.flock(self._users, fcntl.LOCK_SH)
+            raise QueueInUse(
+                f"the queue {self.path} is in use by another process (a server, `cortex worker` or another "
+                "command): stop them, then run this again"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(self._users, fcntl.LOCK_SH)
+            self._shards = None  # read the layout again
 
     def create_schema(self) -> None:
         """Create the queue's and the shards' tables, recording the number of shards
         (idempotent; an existing queue keeps its number)."""
-        count = self._stored_count()
+        self._use()
+        count, _ = self._stored_layout()
         if count != self.wanted:
             log.warning(
-                "queue.shards is %d, but the queue %s was made with %d; it keeps %d (a device's dedupe "
-                "keys must stay in its shard). Set queue.shards = %d to match, or see the README's "
-                "Upgrades for how to start a queue with another number.",
-                self.wanted, self.path, count, count, count,
+                "queue.shards is %d, but the queue %s has %d; it keeps %d (a device's dedupe keys must "
+                "stay in its shard). Stop Cortex and run `cortex queue reshard` to give the queue %d, or "
+                "set queue.shards = %d to match.",
+                self.wanted, self.path, count, count, self.wanted, count,
             )
         self.main.create_schema()
         with self.main.write_lock():
             conn = self.main.reader
             conn.executescript(_MARKS_SCHEMA)
+            if "generation" not in {row[1] for row in conn.execute("PRAGMA table_info(shards)")}:
+                conn.execute("ALTER TABLE shards ADD COLUMN generation INTEGER NOT NULL DEFAULT 0")
             conn.execute("INSERT OR IGNORE INTO shards (id, count) VALUES (1, ?)", (count,))
         self._shards = None
         for shard in self.shards:

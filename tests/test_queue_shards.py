@@ -169,7 +169,7 @@ def test_processes_moving_at_once_move_each_entry_once(make_cortex):
     assert writer.counters() == {"demo": {"accepted": 300, "duplicate": 0, "rejected": 0}}
 
 
-def test_the_number_of_shards_is_fixed_when_the_queue_is_made(make_cortex, tmp_path, caplog):
+def test_the_number_of_shards_is_kept_in_the_queue(make_cortex, tmp_path, caplog):
     cortex = make_cortex(queue={"shards": SHARDS})
     bundles = [device_bundle(cortex, device) for device in range(12)]
     for bundle in bundles:
@@ -181,8 +181,9 @@ def test_the_number_of_shards_is_fixed_when_the_queue_is_made(make_cortex, tmp_p
     assert reopened.count == SHARDS
     # and says so, with what to do
     warning = next(r.getMessage() for r in caplog.records if r.name == "cortex.queue")
-    assert f"queue.shards is 2, but the queue {path} was made with {SHARDS}" in warning
-    assert f"Set queue.shards = {SHARDS} to match" in warning
+    assert f"queue.shards is 2, but the queue {path} has {SHARDS}" in warning
+    assert "Stop Cortex and run `cortex queue reshard` to give the queue 2" in warning
+    assert f"set queue.shards = {SHARDS} to match" in warning
     assert reopened.depth()["records"] == 36
     # a queue made before shards existed is one shard, whatever the setting
     legacy_path = str(tmp_path / "legacy" / "queue.db")
@@ -191,7 +192,7 @@ def test_the_number_of_shards_is_fixed_when_the_queue_is_made(make_cortex, tmp_p
     upgraded = ShardedQueue(legacy_path, shards=8)
     caplog.clear()
     upgraded.create_schema()
-    assert "was made with 1" in caplog.text
+    assert "queue.db has 1" in caplog.text
     assert upgraded.count == 1 and not (tmp_path / "legacy" / "queue.shard1.db").exists()
     assert ShardedQueue(legacy_path, shards=8).count == 1
 

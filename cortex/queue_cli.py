@@ -1,0 +1,48 @@
+"""``cortex queue``: commands for the embedded queue itself."""
+
+from __future__ import annotations
+
+import json
+
+import click
+from flask import current_app
+from flask.cli import with_appcontext
+
+__all__ = ["queue"]
+
+
+@click.group()
+def queue():
+    """The embedded queue (queue.db and its ingest shards)."""
+
+
+@queue.command("reshard")
+@click.option("--shards", "count", type=int, default=None,
+              help="The number of ingest shards to give the queue (1-64; default: the queue.shards setting).")
+@click.option("--json", "as_json", is_flag=True, help="Print what was done as JSON.")
+@with_appcontext
+def queue_reshard(count, as_json):
+    """Give the queue another number of ingest shards, keeping every queued event, dedupe key
+    and count.  Stop the server and any `cortex worker` first: the queue must not be in use."""
+    from cortex.queue_reshard import ReshardError, reshard
+    from cortex.queue_shards import QueueInUse, ShardedQueue
+
+    state = current_app.extensions["cortex"]
+    if not isinstance(state.queue, ShardedQueue):
+        raise click.ClickException(
+            f"the queue backend is {state.config['queue']['backend']!r}; only the embedded queue has ingest shards")
+    wanted = state.config["queue"]["shards"] if count is None else count
+    try:
+        report = reshard(state.queue, wanted)
+    except (QueueInUse, ReshardError) as error:
+        raise click.ClickException(str(error)) from None
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), indent=2))
+    elif report.before == report.after:
+        click.echo(f"The queue has {report.after} ingest shard(s) already; nothing to do.")
+    else:
+        click.echo(f"The queue now has {report.after} ingest shard(s) (it had {report.before}): "
+                   f"{report.moved_entries} queued entries moved into queue.db first, "
+                   f"{report.keys} dedupe keys carried over.")
+    if report.removed_files and not as_json:
+        click.echo(f"Removed {report.removed_files} shard file(s) no longer in use.")
