@@ -67,7 +67,8 @@ class ReshardReport:
 def reshard(queue: ShardedQueue, count: int) -> ReshardReport:
     """Give ``queue`` ``count`` ingest shards (1-64), keeping every entry, dedupe key and
     count; raises :class:`~cortex.queue_shards.QueueInUse` when another process uses the
-    queue and :class:`ReshardError` when it cannot be resharded."""
+    queue and :class:`ReshardError` when it cannot be resharded.  The queue's schema must be
+    up to date (:meth:`~cortex.queue_shards.ShardedQueue.create_schema`, as the app does)."""
     if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 64:
         raise ReshardError(f"the number of shards must be a whole number from 1 to 64, not {count!r}")
     with queue.exclusive_use():
