@@ -360,11 +360,16 @@ def plugins(as_json):
 
 def collect_status(cortex_state) -> dict:
     """Per org: accepted, duplicate, rejected; the queue depth; per sink: delivery state."""
+    from cortex.queue_shards import ShardedQueue
+
     queue = cortex_state.queue
     sinks = list(cortex_state.config["sinks"])
+    depth = queue.depth()
+    if isinstance(queue, ShardedQueue):
+        depth["shards"] = queue.count
     return {
         "orgs": queue.counters(),
-        "queue": queue.depth(),
+        "queue": depth,
         "sinks": queue.sink_status(sinks),
         # per enricher: failures, timeouts and what happened to the records (error policy)
         "enrichers": queue.enricher_errors(),
@@ -382,7 +387,9 @@ def status(as_json):
         return
     _table([{"org": org, **counts} for org, counts in sorted(report["orgs"].items())],
            ["org", "accepted", "duplicate", "rejected"])
-    click.echo(f"\nqueue: {report['queue']['records']} records in {report['queue']['entries']} entries\n")
+    shards = report["queue"].get("shards")
+    click.echo(f"\nqueue: {report['queue']['records']} records in {report['queue']['entries']} entries"
+               + (f" ({shards} ingest shards)" if shards and shards > 1 else "") + "\n")
     _table([{"sink": name, **s} for name, s in report["sinks"].items()],
            ["sink", "delivered", "pending", "dead_lettered"])
     if report["enrichers"]:

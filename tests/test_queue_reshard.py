@@ -47,7 +47,8 @@ def test_an_upgraded_queue_gets_shards_and_changes_them_again_losing_and_doublin
     result = cortex.cli("queue", "reshard", "--shards", "4")
     assert result.exit_code == 0, result.output
     assert "now has 4 ingest shard(s) (it had 1)" in result.output and "91 dedupe keys carried over" in result.output
-    assert queue.count == 4
+    assert queue.count == 4 and orjson.loads(cortex.cli("status", "--json").output)["queue"]["shards"] == 4
+    assert "(4 ingest shards)" in cortex.cli("status").output
     assert shard_files(cortex) == [f"queue.shard{i}.g1.db" for i in range(4)]
     assert orgs(cortex) == before
     # still queued, in queue.db (the rejected event too, for the sinks' error tables)
