@@ -55,6 +55,7 @@ sys.path.insert(0, str(BENCH_DIR))
 from pyload import iso, make_bundle  # noqa: E402  (bench/ is not a package)
 
 from cortex.queue import read_snapshot, records_after  # noqa: E402
+from cortex.queue_shards import shard_path  # noqa: E402
 
 ORG = "demo"
 HOST = "127.0.0.1"
@@ -322,16 +323,17 @@ def pending_in_queue(queue_db: Path, sink: str = "sql") -> int:
         row = conn.execute("SELECT seq FROM cursors WHERE sink = ?", (sink,)).fetchone()
         with read_snapshot(conn):
             pending = records_after(conn, row[0] if row else 0)
-            has_marks = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'shard_marks'").fetchone()
-            marks = dict(conn.execute("SELECT shard, seq FROM shard_marks")) if has_marks else {}
+            sharded = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'shards'").fetchone()
+            count, generation = conn.execute("SELECT count, generation FROM shards").fetchone() if sharded else (1, 0)
+            marks = dict(conn.execute("SELECT shard, seq FROM shard_marks")) if sharded else {}
     finally:
         conn.close()
     # what the ingest shards hold and the dispatcher has not moved into the queue yet
-    for path in sorted(queue_db.parent.glob(f"{queue_db.stem}.shard*{queue_db.suffix}")):
-        shard = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    for index in range(count if count > 1 else 0):
+        shard = sqlite3.connect(f"file:{shard_path(str(queue_db), index, generation)}?mode=ro", uri=True, timeout=10)
         try:
             with read_snapshot(shard):
-                pending += records_after(shard, marks.get(int(path.stem.rpartition("shard")[2]), 0))
+                pending += records_after(shard, marks.get(index, 0))
         finally:
             shard.close()
     return pending

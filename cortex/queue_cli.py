@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 import click
 from flask import current_app
@@ -37,7 +38,7 @@ def queue_reshard(count, as_json):
     except (QueueInUse, ReshardError) as error:
         raise click.ClickException(str(error)) from None
     if as_json:
-        click.echo(json.dumps(report.as_dict(), indent=2))
+        click.echo(json.dumps(asdict(report), indent=2))
     elif report.before == report.after:
         click.echo(f"The queue has {report.after} ingest shard(s) already; nothing to do.")
     else:

@@ -59,10 +59,6 @@ class ReshardReport:
     #: files of earlier generations (or of an interrupted reshard) removed
     removed_files: int = 0
 
-    def as_dict(self) -> dict:
-        """The report as plain data (``cortex queue reshard --json``)."""
-        return dict(self.__dict__)
-
 
 def reshard(queue: ShardedQueue, count: int) -> ReshardReport:
     """Give ``queue`` ``count`` ingest shards (1-64), keeping every entry, dedupe key and
@@ -72,7 +68,6 @@ def reshard(queue: ShardedQueue, count: int) -> ReshardReport:
     if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 64:
         raise ReshardError(f"the number of shards must be a whole number from 1 to 64, not {count!r}")
     with queue.exclusive_use():
-        queue._shards = None  # the layout as of now, under the exclusive lock
         old_shards = list(queue.shards)
         report = ReshardReport(before=queue.count, after=count)
         report.removed_files = _remove_other_generations(queue.path, queue.generation)

@@ -214,7 +214,8 @@ class ShardedQueue:
     @contextmanager
     def exclusive_use(self):
         """Hold the queue alone (for :mod:`cortex.queue_reshard`): raises :class:`QueueInUse`
-        when another process uses it; processes that start meanwhile wait."""
+        when another process uses it; processes that start meanwhile wait.  The layout is read
+        again on entry and on exit."""
         self._use()
         try:
             fcntl.flock(self._users, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -225,11 +226,12 @@ class ShardedQueue:
                 f"the queue {self.path} is in use by another process (a server, `cortex worker` or another "
                 "command): stop them, then run this again"
             ) from None
+        self._shards = None  # as of now, under the exclusive lock
         try:
             yield
         finally:
             fcntl.flock(self._users, fcntl.LOCK_SH)
-            self._shards = None  # read the layout again
+            self._shards = None
 
     def create_schema(self) -> None:
         """Create the queue's and the shards' tables, recording the number of shards
