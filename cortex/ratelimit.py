@@ -28,6 +28,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import NamedTuple
 
 from flask import Flask
 from flask_limiter import Limiter
@@ -35,7 +36,7 @@ from limits import RateLimitItem, parse_many
 
 from cortex.config import ConfigError, reveal
 from cortex.control import KeyOwner
-from cortex.ratelimit_storage import limiter_uri
+from cortex.ratelimit_storage import SweepingMemoryStorage, limiter_uri
 
 log = logging.getLogger("cortex.ratelimit")
 
@@ -83,6 +84,18 @@ class Verdict:
         return headers
 
 
+class Planned(NamedTuple):
+    """One limit a client's requests count against."""
+
+    item: RateLimitItem
+    #: the identifiers limits' strategies take (key prefix, then the client's)
+    ids: tuple[str, ...]
+    #: the counter's key in the storage (fixed window)
+    counter_key: str
+    #: seconds of the limit's window
+    expiry: int
+
+
 #: what a request without any applicable limit gets (no headers to show)
 UNLIMITED = Verdict(True)
 
@@ -99,10 +112,13 @@ class RateLimits:
         self.limiter = self._make_limiter(settings) if self.enabled else None
         self._last_error_log = 0.0
         # fixed window (the default) is one counter increment per limit: done here on the
-        # storage with the counter's key built once per client, instead of limits' hit(),
-        # which rebuilds the key from its parts on every call (a third of the check's cost)
+        # storage with the counters' keys built once per client (see _plan), instead of
+        # limits' hit(), which rebuilds the key from its parts on every call
         self._fixed_window = settings["strategy"] == "fixed-window"
-        self._counter_keys: dict[tuple, str] = {}
+        self._plans: dict[tuple, tuple[Planned, ...]] = {}
+        storage = self.limiter.storage if self.limiter is not None else None
+        #: the storage's increment without limits' wrappers, where it has one (memory://)
+        self._count = storage.count if isinstance(storage, SweepingMemoryStorage) else None
 
     def _make_limiter(self, settings: dict) -> Limiter:
         check_limit_string(self.per_key_default, "rate_limits.per_key")
@@ -142,20 +158,22 @@ class RateLimits:
         if self.limiter is None:
             return UNLIMITED
         per_key, per_ip = self.limits_of(owner)
-        checks = [(item, ("key", str(owner.key_id))) for item in _parse_or_none(per_key, owner)]
-        checks += [(item, ("ip", str(owner.app_id), client_ip or "-")) for item in _parse_or_none(per_ip, owner)]
-        if not checks:
+        plan = self._plans.get((per_key, per_ip, owner.key_id, owner.app_id, client_ip))
+        if plan is None:
+            plan = self._plan(owner, client_ip, per_key, per_ip)
+        if not plan:
             return UNLIMITED
         try:
             strategy = self.limiter.limiter
-            prefix = self.key_prefix
+            count = self._count
             tightest: Verdict | None = None
-            for item, identity in checks:
-                ids = (prefix, *identity) if prefix else identity
-                if self._fixed_window:
-                    allowed = self._hit_fixed_window(item, ids)
-                else:
+            for item, ids, counter_key, expiry in plan:
+                if not self._fixed_window:
                     allowed = strategy.hit(item, *ids)
+                elif count is not None:
+                    allowed = count(counter_key, expiry) <= item.amount
+                else:  # what FixedWindowRateLimiter.hit(item, *ids) does
+                    allowed = self.limiter.storage.incr(counter_key, expiry) <= item.amount
                 if allowed and not describe:
                     continue
                 stats = strategy.get_window_stats(item, *ids)
@@ -174,14 +192,21 @@ class RateLimits:
                           _redact(self.storage_uri), error)
             return UNLIMITED
 
-    def _hit_fixed_window(self, item: RateLimitItem, ids: tuple[str, ...]) -> bool:
-        """What ``FixedWindowRateLimiter.hit(item, *ids)`` does, with the key cached."""
-        key = self._counter_keys.get((item, ids))
-        if key is None:
-            if len(self._counter_keys) >= 100_000:
-                self._counter_keys.clear()
-            key = self._counter_keys[(item, ids)] = item.key_for(*ids)
-        return self.limiter.storage.incr(key, item.get_expiry()) <= item.amount
+    def _plan(self, owner: KeyOwner, client_ip: str | None, per_key: str,
+              per_ip: str) -> tuple[Planned, ...]:
+        """The limits a request of ``owner``'s key from ``client_ip`` counts against, made
+        once per client."""
+        prefix = self.key_prefix
+        checks = [(item, ("key", str(owner.key_id))) for item in _parse_or_none(per_key, owner)]
+        checks += [(item, ("ip", str(owner.app_id), client_ip or "-")) for item in _parse_or_none(per_ip, owner)]
+        plan = []
+        for item, identity in checks:
+            ids = (prefix, *identity) if prefix else identity
+            plan.append(Planned(item, ids, item.key_for(*ids), item.get_expiry()))
+        if len(self._plans) >= 100_000:
+            self._plans.clear()
+        self._plans[(per_key, per_ip, owner.key_id, owner.app_id, client_ip)] = result = tuple(plan)
+        return result
 
     def reset(self) -> None:
         """Forget every counter (tests, tools)."""

@@ -199,6 +199,29 @@ def test_the_memory_storage_expires_counters_without_starting_threads():
     assert len(storage.storage) == 1
 
 
+def test_the_memory_storage_count_is_its_incr():
+    from cortex.ratelimit_storage import SweepingMemoryStorage
+
+    storage = SweepingMemoryStorage("cortex-memory://")
+    assert [storage.count("a", 1) for _ in range(3)] == [1, 2, 3]
+    assert storage.incr("a", 1) == 4 and storage.get("a") == 4  # one counter, either way
+    assert storage.count("b", 60) == 1
+    assert storage.get_expiry("b") == pytest.approx(time.time() + 60, abs=1)
+    time.sleep(1.1)
+    assert storage.count("a", 1) == 1  # the window ended: a new one starts
+    assert storage.get("b") == 1
+    storage.clear("b")
+    assert storage.count("b", 60) == 1
+
+
+def test_a_client_is_let_through_again_when_its_window_ends(make_cortex):
+    cortex = make_cortex(rate_limits={"per_key": "", "per_ip": "2/second"})
+    answers = [cortex.post(dc_bundle(cortex, i)).status_code for i in range(3)]
+    time.sleep(1.1)
+    answers += [cortex.post(dc_bundle(cortex, i)).status_code for i in range(3, 6)]
+    assert answers == [200, 200, 429, 200, 200, 429]
+
+
 @pytest.mark.parametrize("strategy", ["fixed-window", "moving-window", "sliding-window-counter"])
 def test_every_strategy_limits_with_the_memory_storage(make_cortex, strategy):
     cortex = make_cortex(rate_limits={"per_key": "3/hour", "per_ip": "", "strategy": strategy})
