@@ -57,8 +57,7 @@ class SweepingMemoryStorage(MemoryStorage):
             self.storage.pop(key, None)
             expirations.pop(key, None)
             self.locks.pop(key, None)
-        if time.monotonic() >= self._next_sweep:
-            self._MemoryStorage__schedule_expiry()
+        self._MemoryStorage__schedule_expiry()
         with self.locks[key]:
             counters = self.storage
             value = counters[key] + 1
