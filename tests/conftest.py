@@ -316,11 +316,14 @@ class KafkaBroker:
         admin = AdminClient({"bootstrap.servers": self.bootstrap})
         admin.create_topics([NewTopic(name, partitions, 1)])[name].result(15)
 
-    def read_topic(self, name: str, quiet: float = 1.5, timeout: float = 30.0) -> list:
+    def read_topic(self, name: str, quiet: float = 1.5, timeout: float = 30.0, at_least: int = 0) -> list:
         """Every message now on a topic (``confluent_kafka.Message``s), read from the start of
-        every partition until none came for ``quiet`` seconds.
+        every partition until none came for ``quiet`` seconds and at least ``at_least`` came
+        (or ``timeout`` passed).
 
-        (Tansu's high watermarks can lag behind compressed batches, so they are not used.)
+        (Tansu's high watermarks can lag behind compressed batches, so they are not used.  A
+        partition's first fetch can also come seconds after the others' on a busy machine:
+        a caller that knows how many messages were acknowledged says so with ``at_least``.)
         """
         from confluent_kafka import Consumer, TopicPartition
 
@@ -334,7 +337,7 @@ class KafkaBroker:
             messages = []
             deadline = time.monotonic() + timeout
             last = time.monotonic()
-            while time.monotonic() - last < quiet and time.monotonic() < deadline:
+            while (time.monotonic() - last < quiet or len(messages) < at_least) and time.monotonic() < deadline:
                 message = consumer.poll(0.2)
                 if message is not None and not message.error():
                     messages.append(message)

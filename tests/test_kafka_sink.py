@@ -176,7 +176,7 @@ def test_broker_down_then_back_loses_nothing(make_kafka_broker, make_cortex):
     dispatcher.start()
     try:
         _wait(lambda: all(runner.caught_up() for runner in dispatcher.runners), 30, "the first events were not delivered")
-        first = {r["id"] for r in decoded(broker.read_topic("events"))}
+        first = {r["id"] for r in decoded(broker.read_topic("events", at_least=20))}
         assert len(first) == 20
         broker.stop()
         cursor = queue.cursor("stream")
@@ -192,7 +192,7 @@ def test_broker_down_then_back_loses_nothing(make_kafka_broker, make_cortex):
         dispatcher.shutdown()
         dispatcher.join(20)
     ids_by_tag = defaultdict(set)
-    for record in decoded(broker.read_topic("events")):
+    for record in decoded(broker.read_topic("events", at_least=50)):
         ids_by_tag[record["kingdom"]].add(record["id"])
     # the restarted broker kept no topics: what it holds is what was queued while it was down, and after
     assert len(ids_by_tag["during"]) == 40 and len(ids_by_tag["after"]) == 10
