@@ -23,7 +23,6 @@ the worker whose sink refused them (``cortex status``, ``errors`` and ``replay``
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 import weakref
@@ -32,6 +31,7 @@ from typing import Any, Iterable
 import orjson
 
 from cortex.dispatcher import SinkRunner
+from cortex.pid import current_pid
 from cortex.queue import (
     ADD_TO_COUNTERS, COUNTS, Entry, QueueUnavailable, SQLiteQueue, Submission, expand, write_transaction,
 )
@@ -103,8 +103,8 @@ class KafkaQueue:
         self.local.create_schema()
 
     def _check_fork(self) -> None:
-        if self._pid != os.getpid():
-            self._pid = os.getpid()
+        if self._pid != current_pid():
+            self._pid = current_pid()
             self._producer = None
             self._poller = None
             self._dedupe = None
@@ -350,7 +350,7 @@ class KafkaQueue:
     def close(self) -> None:
         """Flush the producer and close local connections."""
         producer, self._producer = self._producer, None
-        if producer is not None and self._pid == os.getpid():
+        if producer is not None and self._pid == current_pid():
             producer.flush(self.ack_timeout)
         self.local.close()
 

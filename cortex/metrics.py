@@ -31,6 +31,8 @@ from typing import Any, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, values
 
+from cortex.pid import current_pid
+
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 #: request latency buckets, seconds (ingest answers in milliseconds; 10 s means trouble)
@@ -162,17 +164,17 @@ def get_metrics() -> Metrics:
     :func:`prepare_multiprocess_dir`) in the mode ``$PROMETHEUS_MULTIPROC_DIR`` says."""
     global _metrics, _metrics_mode
     metrics = _metrics
-    if metrics is not None and _metrics_mode[1] == os.getpid():
+    if metrics is not None and _metrics_mode[1] == current_pid():
         return metrics
     with _lock:
-        if _metrics is None or _metrics_mode[1] != os.getpid():
+        if _metrics is None or _metrics_mode[1] != current_pid():
             path = os.environ.get(MULTIPROC_ENV) or None
             # *_created series are not written in multiprocess mode: leave them out in both
             disable_created_metrics()
             # the value class is chosen when a metric is made: follow the environment
             values.ValueClass = values.get_value_class()
             _metrics = Metrics(CollectorRegistry(auto_describe=True))
-            _metrics_mode = (path, os.getpid())
+            _metrics_mode = (path, current_pid())
             if path:
                 _start_flusher()
         return _metrics
@@ -187,16 +189,16 @@ def _forget_metrics() -> None:
 
 def flush() -> None:
     """Add this process's recent records to its metrics (before a scrape, before exit)."""
-    if _metrics is not None and _metrics_mode[1] == os.getpid():
+    if _metrics is not None and _metrics_mode[1] == current_pid():
         _metrics.tally.flush()
 
 
 def _start_flusher() -> None:
     """In multiprocess mode: flush every ``FLUSH_INTERVAL`` seconds, and at exit."""
     global _flusher_pid
-    if _flusher_pid == os.getpid():
+    if _flusher_pid == current_pid():
         return
-    _flusher_pid = os.getpid()
+    _flusher_pid = current_pid()
 
     def run() -> None:
         while True:
@@ -325,7 +327,7 @@ def prepare_multiprocess_dir(config: dict, clean: bool) -> str | None:
     if clean:
         for name in glob.glob(os.path.join(path, "*.db")):
             match = _FILE_PID.search(name)
-            if match is None or not _alive(int(match.group(1))) or int(match.group(1)) == os.getpid():
+            if match is None or not _alive(int(match.group(1))) or int(match.group(1)) == current_pid():
                 try:
                     os.remove(name)
                 except FileNotFoundError:

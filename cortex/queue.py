@@ -64,6 +64,7 @@ from typing import Any, Iterable, Iterator
 
 import orjson
 
+from cortex.pid import current_pid
 from cortex.turns import Turn
 
 #: what the queue counts per org, in the order of the ``entries`` columns that carry them
@@ -251,8 +252,8 @@ class SQLiteQueue:
 
     def _check_fork(self) -> None:
         # connections must not cross a fork: a gunicorn worker opens its own
-        if self._pid != os.getpid():
-            self._pid = os.getpid()
+        if self._pid != current_pid():
+            self._pid = current_pid()
             self._writer = None
             self._groups_keys = None
             self._lock_file = None
