@@ -232,6 +232,22 @@ def test_small_skew_is_left_alone_and_far_future_is_clamped(cortex):
     assert any("clamped" in w for w in dau["warnings"])
 
 
+
+def test_a_correction_beyond_the_calendar_keeps_the_time_as_sent(cortex):
+    # a client clock in year 9999 puts events of year 1 before year 1 once corrected: they
+    # are kept as sent, with a warning each (this was an answer 500)
+    ancient = "0001-01-01T00:00:00.000Z"
+    bundle = cortex.bundle([dict(EVENTS["dau"], event_datetime=ancient),
+                            dict(EVENTS["dau"], event_datetime=ancient, event_index=2)])
+    assert cortex.post(bundle, current_time="9999-12-31T23:59:59Z").status_code == 200
+    records = cortex.records()
+    assert len(records) == 2
+    for record in records:
+        assert record["event_time"] == record["event_datetime"] == ancient
+        assert any("clock correction" in w and "kept as sent" in w for w in record["warnings"])
+    cortex.deliver()
+    assert cortex.sql("SELECT count(*) FROM events WHERE event_time < '0002-01-01'") == [(2,)]
+
 @pytest.mark.parametrize(
     "current_time",
     ["2024-01-01T00%3A00%3A00.000Z", "2024-01-01T00:00:00Z", "2024-01-01T00:00:00+00:00",

@@ -86,8 +86,16 @@ class Timing:
         if self.skew is not None:
             text = self._corrected.get(event_datetime)
             if text is None:
-                corrected = parse_timestamp(event_datetime) + timedelta(seconds=self.skew)
-                text = self._corrected[event_datetime] = format_timestamp(corrected)
+                try:
+                    corrected = parse_timestamp(event_datetime) + timedelta(seconds=self.skew)
+                except OverflowError:
+                    # before year 1 or after 9999: a client clock too far off to correct by
+                    # (not cached, so that every such event gets the warning)
+                    warnings.append("event_datetime: the clock correction would move it out of the years "
+                                    "1-9999; kept as sent")
+                    text = event_datetime
+                else:
+                    text = self._corrected[event_datetime] = format_timestamp(corrected)
         else:
             text = event_datetime
         # canonical timestamps compare correctly as strings
