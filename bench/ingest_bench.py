@@ -27,6 +27,7 @@ fails).  See ``bench/README.md`` for how to read the output.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import re
@@ -55,7 +56,8 @@ sys.path.insert(0, str(BENCH_DIR))
 from pyload import iso, make_bundle  # noqa: E402  (bench/ is not a package)
 
 from cortex.queue import read_snapshot, records_after  # noqa: E402
-from cortex.queue_shards import shard_path  # noqa: E402
+from cortex.queue_lmdb import LMDBIngest, ingest_path  # noqa: E402
+from cortex.queue_shards import LMDB_MARK, shard_path  # noqa: E402
 
 ORG = "demo"
 HOST = "127.0.0.1"
@@ -311,6 +313,12 @@ class Sampler:
 
 
 # Cortex's state, read from outside -------------------------------------------------------
+@functools.lru_cache(maxsize=None)
+def ingest_store(queue_db: str) -> LMDBIngest:
+    """The LMDB ingest store of the queue at ``queue_db``, opened once by this process."""
+    return LMDBIngest(ingest_path(queue_db))
+
+
 def pending_in_queue(queue_db: Path, sink: str = "sql") -> int:
     """Records queued that ``sink`` has not stored yet, read straight from the queue database.
 
@@ -324,10 +332,13 @@ def pending_in_queue(queue_db: Path, sink: str = "sql") -> int:
         with read_snapshot(conn):
             pending = records_after(conn, row[0] if row else 0)
             sharded = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'shards'").fetchone()
-            count, generation = conn.execute("SELECT count, generation FROM shards").fetchone() if sharded else (1, 0)
+            count, generation, store = conn.execute(
+                "SELECT count, generation, store FROM shards").fetchone() if sharded else (1, 0, "sqlite")
             marks = dict(conn.execute("SELECT shard, seq FROM shard_marks")) if sharded else {}
     finally:
         conn.close()
+    if store == "lmdb":  # what the LMDB ingest store holds and is not moved yet
+        return pending + ingest_store(str(queue_db)).backlog(marks.get(LMDB_MARK, 0))[1]
     # what the ingest shards hold and the dispatcher has not moved into the queue yet
     for index in range(count if count > 1 else 0):
         shard = sqlite3.connect(f"file:{shard_path(str(queue_db), index, generation)}?mode=ro", uri=True, timeout=10)

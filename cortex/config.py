@@ -64,8 +64,14 @@ DEFAULTS: dict[str, Any] = {
         # "os": survives kill -9 of any process; "fsync": also survives power loss
         "durability": "os",
         "path": "",
-        # files requests commit to, by device, so that workers seldom wait for each other;
-        # fixed when the queue is made (a queue made before shards existed has 1)
+        # where requests commit, fixed when the queue is made: "lmdb" (one memory-mapped store
+        # that many processes write cheaply) or "sqlite" (the shard files below)
+        "ingest": "lmdb",
+        # the most the LMDB ingest store may grow to (bytes; 64 GiB): past it, 503 until the
+        # dispatcher has moved entries out
+        "ingest_max_bytes": 64 << 30,
+        # with ingest = "sqlite": files requests commit to, by device, so that workers seldom
+        # wait for each other; fixed when the queue is made (a queue made before shards existed has 1)
         "shards": 4,
         # backpressure: refuse bundles (503 + Retry-After) at this many queued records (0: no limit)
         "max_depth": 0,
@@ -354,6 +360,9 @@ def _check_operations(config: dict) -> None:
     if config["logging"]["format"] not in ("plain", "json"):
         raise ConfigError('logging.format must be "plain" or "json"')
     _check_number(config, "queue", "max_depth", minimum=0)
+    if config["queue"]["ingest"] not in ("lmdb", "sqlite"):
+        raise ConfigError(f"queue.ingest must be \"lmdb\" or \"sqlite\", not {config['queue']['ingest']!r}")
+    _check_number(config, "queue", "ingest_max_bytes", minimum=1 << 20)
     shards = config["queue"]["shards"]
     if isinstance(shards, bool) or not isinstance(shards, int) or not 1 <= shards <= 64:
         raise ConfigError(f"queue.shards must be a whole number from 1 to 64, not {shards!r}")

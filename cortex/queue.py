@@ -213,7 +213,63 @@ class Entry:
     records: list[dict]
 
 
-class SQLiteQueue:
+class GroupCommit:
+    """Group commit for the threads of one process: while one thread commits, the others
+    queue their submissions up behind it, and the next commit takes them all (one fsync for
+    many requests).  A store defines ``_commit_group(group)`` and calls
+    :meth:`_init_group_commit` in its constructor."""
+
+    #: errors of the store's commit that mean "cannot accept now" (:class:`QueueUnavailable`)
+    unavailable_errors: tuple[type[BaseException], ...] = (sqlite3.Error,)
+
+    def _init_group_commit(self) -> None:
+        self._cond = threading.Condition()
+        self._pending: list[tuple[Submission, dict]] = []
+        self._committing = False
+
+    def _commit_group(self, group: list[tuple[Submission, dict]]) -> None:
+        raise NotImplementedError
+
+    def submit(self, submission: Submission) -> Submission:
+        """Durably store a request's accepted and rejected records with their dedupe keys.
+
+        Records whose key was seen within the dedupe window are counted as duplicates and
+        not stored again.  Returns ``submission`` with its counts filled in once committed.
+        Raises :class:`QueueUnavailable` when the queue cannot accept now.
+        """
+        state: dict[str, Any] = {"done": False, "error": None}
+        with self._cond:
+            self._pending.append((submission, state))
+            while self._committing and not state["done"]:
+                self._cond.wait()
+            if state["done"]:
+                return self._result(submission, state)
+            self._committing = True
+            group, self._pending = self._pending, []
+        error: BaseException | None = None
+        try:
+            self._commit_group(group)
+        except self.unavailable_errors as exc:
+            error = QueueUnavailable(f"the queue cannot accept events now: {exc}")
+        except BaseException as exc:  # every member of the group must learn of the failure
+            error = exc
+        finally:
+            with self._cond:
+                for _, member_state in group:
+                    member_state["done"] = True
+                    member_state["error"] = error
+                self._committing = False
+                self._cond.notify_all()
+        return self._result(submission, state)
+
+    @staticmethod
+    def _result(submission: Submission, state: dict) -> Submission:
+        if state["error"] is not None:
+            raise state["error"]
+        return submission
+
+
+class SQLiteQueue(GroupCommit):
     """The embedded queue.  One instance per process; safe to share between its threads."""
 
     def __init__(self, path: str, durability: str = "os", busy_timeout: float = 10.0,
@@ -230,9 +286,7 @@ class SQLiteQueue:
         self._thread_lock = threading.Lock()
         self._turn = Turn()
         self._local = threading.local()
-        self._cond = threading.Condition()
-        self._pending: list[tuple[Submission, dict]] = []
-        self._committing = False
+        self._init_group_commit()
         self._groups_keys: bool | None = None
         #: whether the dedupe table is a rowid table (queues made before it was not), and
         #: where the next sweep of a table without rowids starts
@@ -330,44 +384,6 @@ class SQLiteQueue:
         self._local = threading.local()
 
     # ingest --------------------------------------------------------------------------------
-    def submit(self, submission: Submission) -> Submission:
-        """Durably store a request's accepted and rejected records with their dedupe keys.
-
-        Records whose key was seen within the dedupe window are counted as duplicates and
-        not stored again.  Returns ``submission`` with its counts filled in once committed.
-        Raises :class:`QueueUnavailable` when the queue cannot accept now.
-        """
-        state: dict[str, Any] = {"done": False, "error": None}
-        with self._cond:
-            self._pending.append((submission, state))
-            while self._committing and not state["done"]:
-                self._cond.wait()
-            if state["done"]:
-                return self._result(submission, state)
-            self._committing = True
-            group, self._pending = self._pending, []
-        error: BaseException | None = None
-        try:
-            self._commit_group(group)
-        except sqlite3.Error as exc:
-            error = QueueUnavailable(f"the queue cannot accept events now: {exc}")
-        except BaseException as exc:  # every member of the group must learn of the failure
-            error = exc
-        finally:
-            with self._cond:
-                for _, member_state in group:
-                    member_state["done"] = True
-                    member_state["error"] = error
-                self._committing = False
-                self._cond.notify_all()
-        return self._result(submission, state)
-
-    @staticmethod
-    def _result(submission: Submission, state: dict) -> Submission:
-        if state["error"] is not None:
-            raise state["error"]
-        return submission
-
     def _commit_group(self, group: list[tuple[Submission, dict]]) -> None:
         turn = self.turn
         taken = turn.take()
@@ -391,17 +407,9 @@ class SQLiteQueue:
             for submission, _ in group:
                 prefix = submission.key_group if self._groups_keys else b""
                 fresh = self._claim_keys(conn, submission.accepted + submission.rejected, seen, prefix)
-                submission.fresh_keys = fresh
-                records = _once_each(submission.accepted, fresh)
-                rejected = _once_each(submission.rejected, fresh)
-                submission.accepted_count = len(records)
-                submission.duplicate_count = (
-                    len(submission.accepted) + len(submission.rejected) - len(records) - len(rejected)
-                )
-                submission.rejected_count = len(rejected)
-                submission.stored_rejected = rejected
+                records, rejected = settle(submission, fresh)
                 if records or rejected:
-                    blob = orjson.dumps({"shared": submission.shared, "records": records, "rejected": rejected})
+                    blob = entry_blob(submission, records, rejected)
                     entries.append((submission.org, submission.app_id, len(records) + len(rejected), blob, now,
                                     submission.accepted_count, submission.duplicate_count,
                                     submission.rejected_count))
@@ -802,6 +810,24 @@ class write_transaction:  # noqa: N801 - used like a function, as contextlib's h
             conn.execute("ROLLBACK")
 
 
+def settle(submission: Submission, fresh: "set[bytes]") -> tuple[list[dict], list[dict]]:
+    """The accepted and rejected records of ``submission`` to store, given the keys of it
+    that were new; fills in its counts."""
+    submission.fresh_keys = fresh
+    records = _once_each(submission.accepted, fresh)
+    rejected = _once_each(submission.rejected, fresh)
+    submission.accepted_count = len(records)
+    submission.duplicate_count = len(submission.accepted) + len(submission.rejected) - len(records) - len(rejected)
+    submission.rejected_count = len(rejected)
+    submission.stored_rejected = rejected
+    return records, rejected
+
+
+def entry_blob(submission: Submission, records: list[dict], rejected: list[dict]) -> bytes:
+    """The stored form of an entry's records (see :func:`expand`)."""
+    return orjson.dumps({"shared": submission.shared, "records": records, "rejected": rejected})
+
+
 def _once_each(keyed: list[tuple[bytes, dict]], fresh: set[bytes]) -> list[dict]:
     """The records whose key is new, each key once: two events of one bundle with the same
     key (an SDK that sent one ``event_index`` twice) are one event, and the second is a
@@ -942,4 +968,6 @@ def make_queue(config: dict):
         return KafkaQueue(config)
     from cortex.queue_shards import ShardedQueue
 
-    return ShardedQueue(config["queue"]["path"], config["queue"]["durability"], config["queue"]["shards"])
+    queue = config["queue"]
+    return ShardedQueue(queue["path"], queue["durability"], queue["shards"], queue["ingest"],
+                        queue["ingest_max_bytes"])

@@ -68,6 +68,11 @@ def reshard(queue: ShardedQueue, count: int) -> ReshardReport:
     if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 64:
         raise ReshardError(f"the number of shards must be a whole number from 1 to 64, not {count!r}")
     with queue.exclusive_use():
+        if queue.ingest is not None:
+            raise ReshardError(
+                f"the queue {queue.path} takes requests into its LMDB ingest store ({queue.ingest.path}), which "
+                "has no shards: many processes write it without waiting for each other. Ingest shards are for "
+                "queues made with queue.ingest = \"sqlite\"")
         old_shards = list(queue.shards)
         report = ReshardReport(before=queue.count, after=count)
         report.removed_files = _remove_other_generations(queue.path, queue.generation)

@@ -1,4 +1,10 @@
-"""Ingest shards: requests commit to one of several SQLite files, the dispatcher reads one.
+"""Where requests commit, in front of the queue: ingest shards or the LMDB ingest store.
+
+A queue made with ``queue.ingest = "lmdb"`` (the default) takes requests into its LMDB
+ingest store (:mod:`cortex.queue_lmdb`), and :class:`ShardedQueue` moves the store's
+entries into the queue as it moves the shards' (the store's mark is the ``shard_marks`` row
+:data:`LMDB_MARK`).  The rest of this docstring is about SQLite ingest shards, the store of
+queues made with ``queue.ingest = "sqlite"`` or before the LMDB store existed.
 
 Every request commit takes its queue file's writer lock, so the gunicorn workers of one
 file take turns at it, and while one commits the other waits with a CPU idle.  With
@@ -43,6 +49,7 @@ import sqlite3
 from contextlib import contextmanager
 from typing import Any
 
+from cortex.queue_lmdb import LMDBIngest, ingest_path
 from cortex.queue import (
     COUNTS,
     NEWEST_SEQ,
@@ -60,13 +67,19 @@ log = logging.getLogger("cortex.queue")
 
 #: entries moved from one shard per transaction of the queue
 MOVE_BATCH = 2000
+#: where requests commit: SQLite ingest shards (or ``queue.db``) or the LMDB ingest store
+INGEST_STORES = ("sqlite", "lmdb")
+#: the ``shard_marks`` row of the LMDB ingest store
+LMDB_MARK = -1
 
 _MARKS_SCHEMA = """
--- the number of shards, and the generation of their files (see shard_path)
+-- the number of shards, the generation of their files (see shard_path), and where requests
+-- commit: "sqlite" (the shard files, or queue.db for one) or "lmdb" (cortex.queue_lmdb)
 CREATE TABLE IF NOT EXISTS shards (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     count INTEGER NOT NULL,
-    generation INTEGER NOT NULL DEFAULT 0
+    generation INTEGER NOT NULL DEFAULT 0,
+    store TEXT NOT NULL DEFAULT 'sqlite'
 );
 -- up to which seq (and ingest-error id) each shard's rows are in the queue
 CREATE TABLE IF NOT EXISTS shard_marks (
@@ -142,12 +155,17 @@ class ShardedQueue:
     """The embedded queue with its ingest shards (see the module docstring).  One instance
     per process, as :class:`SQLiteQueue`; what it does not define is the queue's own."""
 
-    def __init__(self, path: str, durability: str = "os", shards: int = 1):
+    def __init__(self, path: str, durability: str = "os", shards: int = 1, ingest: str = "sqlite",
+                 ingest_max_bytes: int | None = None):
         self.path = path
         self.durability = durability
         self.wanted = max(1, int(shards))
+        #: where a queue made now takes requests (a queue keeps the store it was made with)
+        self.wanted_store = ingest
+        self.ingest_max_bytes = ingest_max_bytes
         self.main = SQLiteQueue(path, durability)
         self._shards: list[SQLiteQueue] | None = None
+        self._ingest: LMDBIngest | None = None
         self._generation = 0
         #: ``<queue>.users``, locked shared for as long as this process uses the queue
         self._users = None
@@ -162,12 +180,26 @@ class ShardedQueue:
         """The ingest shards (none when the queue has one: requests commit to it)."""
         if self._shards is None:
             self._use()
-            count, self._generation = self._stored_layout()
-            self._shards = [] if count == 1 else [
+            count, self._generation, store = self._stored_layout()
+            self._ingest = LMDBIngest(ingest_path(self.path), self.durability, turn_of=self.main,
+                                      max_bytes=self.ingest_max_bytes) if store == "lmdb" else None
+            self._shards = [] if count == 1 or self._ingest is not None else [
                 SQLiteQueue(shard_path(self.path, i, self._generation), self.durability, turn_of=self.main)
                 for i in range(count)
             ]
         return self._shards
+
+    @property
+    def ingest(self) -> LMDBIngest | None:
+        """The LMDB ingest store requests commit to, if the queue has one (else shards or
+        ``queue.db``)."""
+        self.shards
+        return self._ingest
+
+    @property
+    def store(self) -> str:
+        """Where requests commit: ``"lmdb"`` or ``"sqlite"``."""
+        return "lmdb" if self.ingest is not None else "sqlite"
 
     @property
     def generation(self) -> int:
@@ -181,21 +213,22 @@ class ShardedQueue:
         """How many shards requests commit to (1: the queue itself)."""
         return max(1, len(self.shards))
 
-    def _stored_layout(self) -> tuple[int, int]:
-        """The number of shards the queue has and the generation of their files: ``wanted``
-        for a queue not made yet, 1 for one made before shards existed."""
+    def _stored_layout(self) -> tuple[int, int, str]:
+        """The number of shards the queue has, the generation of their files and where
+        requests commit: what is wanted for a queue not made yet, one shard and SQLite for
+        one made before shards existed."""
+        wanted = (self.wanted, 0, self.wanted_store)
         if not os.path.exists(self.path):
-            return self.wanted, 0
+            return wanted
         conn = self.main.reader
-        try:
-            row = conn.execute("SELECT count, generation FROM shards").fetchone()
-        except sqlite3.OperationalError:  # no such table (made before shards, or not yet) or column
-            if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'shards'").fetchone():
-                row = conn.execute("SELECT count, 0 FROM shards").fetchone()
-            else:
-                made = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'entries'").fetchone()
-                return (1 if made else self.wanted), 0
-        return tuple(row) if row else (self.wanted, 0)
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'shards'").fetchone() is None:
+            made = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'entries'").fetchone()
+            return (1, 0, "sqlite") if made else wanted
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(shards)")}
+        row = conn.execute(
+            "SELECT count, " + ("generation" if "generation" in columns else "0") + ", "
+            + ("store" if "store" in columns else "'sqlite'") + " FROM shards").fetchone()
+        return tuple(row) if row else wanted
 
     # using the queue -------------------------------------------------------------------------
     def _use(self) -> None:
@@ -226,19 +259,28 @@ class ShardedQueue:
                 f"the queue {self.path} is in use by another process (a server, `cortex worker` or another "
                 "command): stop them, then run this again"
             ) from None
-        self._shards = None  # as of now, under the exclusive lock
+        self._shards = self._ingest = None  # as of now, under the exclusive lock
         try:
             yield
         finally:
             fcntl.flock(self._users, fcntl.LOCK_SH)
-            self._shards = None
+            self._shards = self._ingest = None
 
     def create_schema(self) -> None:
         """Create the queue's and the shards' tables, recording the number of shards
         (idempotent; an existing queue keeps its number)."""
         self._use()
-        count, _ = self._stored_layout()
-        if count != self.wanted:
+        count, _, store = self._stored_layout()
+        if store == "lmdb":
+            count = self.wanted  # a store without shards: queue.shards does not apply
+        if store != self.wanted_store:
+            log.warning(
+                "queue.ingest is %r, but the queue %s was made with %r, which it keeps (its dedupe keys are "
+                "there). Set queue.ingest = %r to match, or let everything be delivered and the dedupe window "
+                "pass, then stop Cortex and remove the queue files to start over with %r.",
+                self.wanted_store, self.path, store, store, self.wanted_store,
+            )
+        elif count != self.wanted:
             log.warning(
                 "queue.shards is %d, but the queue %s has %d; it keeps %d (a device's dedupe keys must "
                 "stay in its shard). Stop Cortex and run `cortex queue reshard` to give the queue %d, or "
@@ -249,23 +291,32 @@ class ShardedQueue:
         with self.main.write_lock():
             conn = self.main.reader
             conn.executescript(_MARKS_SCHEMA)
-            if "generation" not in {row[1] for row in conn.execute("PRAGMA table_info(shards)")}:
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(shards)")}
+            if "generation" not in columns:
                 conn.execute("ALTER TABLE shards ADD COLUMN generation INTEGER NOT NULL DEFAULT 0")
-            conn.execute("INSERT OR IGNORE INTO shards (id, count) VALUES (1, ?)", (count,))
-        self._shards = None
+            if "store" not in columns:
+                conn.execute("ALTER TABLE shards ADD COLUMN store TEXT NOT NULL DEFAULT 'sqlite'")
+            conn.execute("INSERT OR IGNORE INTO shards (id, count, store) VALUES (1, ?, ?)", (count, store))
+        self._shards = self._ingest = None
         for shard in self.shards:
             shard.create_schema()
+        if self.ingest is not None:
+            self.ingest.create_schema()
 
     def close(self) -> None:
         """Close this thread's connections of the queue and its shards."""
         self.main.close()
         for shard in self._shards or []:
             shard.close()
+        if self._ingest is not None:
+            self._ingest.close()
 
     # ingest ----------------------------------------------------------------------------------
     def submit(self, submission: Submission) -> Submission:
         """Store a request's records in its device's shard (see :meth:`SQLiteQueue.submit`)."""
         shards = self.shards
+        if self._ingest is not None:
+            return self._ingest.submit(submission)
         if not shards:
             return self.main.submit(submission)
         return shards[shard_of(submission.key_group, len(shards))].submit(submission)
@@ -275,6 +326,8 @@ class ShardedQueue:
         self.main.probe_writable(timeout)
         for shard in self.shards:
             shard.probe_writable(timeout)
+        if self.ingest is not None:
+            self.ingest.probe_writable(timeout)
 
     # moving ----------------------------------------------------------------------------------
     def _marks(self) -> dict[int, tuple[int, int]]:
@@ -285,6 +338,8 @@ class ShardedQueue:
         """Move every shard's entries (and ingest-error rows) into the queue; returns how
         many entries.  Safe to call from any process at any time."""
         moved = 0
+        if self.ingest is not None:
+            return self.ingest.move_into(self.main, LMDB_MARK)
         for index, shard in enumerate(self.shards):
             while True:
                 count = self._move_from(index, shard)
@@ -383,28 +438,36 @@ class ShardedQueue:
     def prune_dedupe(self, window_seconds: float, batch: int = 20000) -> int:
         """Sweep the expired dedupe keys of the queue and of each shard."""
         return self.main.prune_dedupe(window_seconds, batch) + sum(
-            shard.prune_dedupe(window_seconds, batch) for shard in self.shards)
+            store.prune_dedupe(window_seconds, batch) for store in self._stores())
 
     def checkpoint(self) -> None:
         """Checkpoint the WAL of the queue and of each shard."""
         self.main.checkpoint()
-        for shard in self.shards:
-            shard.checkpoint()
+        for store in self._stores():
+            store.checkpoint()
+
+    def _stores(self) -> list:
+        """Where requests commit besides ``queue.db``: the shards or the LMDB store."""
+        return self.shards + ([self._ingest] if self._ingest is not None else [])
 
     # status: the queue's figures plus what the shards hold --------------------------------------
-    def _with_unmoved(self, read_queue, read_shard):
+    def _with_unmoved(self, read_queue, read_shard, read_ingest):
         """``read_queue()`` and ``read_shard(shard's connection, its seq mark)`` for each
-        shard, as of one set of marks: read again when a move overtook the reads."""
-        if not self.shards:
+        shard, or ``read_ingest(the LMDB store, its seq mark)``, as of one set of marks: read
+        again when a move overtook the reads."""
+        if not self.shards and self.ingest is None:
             return read_queue(), []
         for _ in range(100):
             marks = self._marks()
             ours = read_queue()
-            parts = []
-            for index, shard in enumerate(self.shards):
-                conn = shard.reader
-                with read_snapshot(conn):
-                    parts.append(read_shard(conn, marks.get(index, (0, 0))[0]))
+            if self._ingest is not None:
+                parts = [read_ingest(self._ingest, marks.get(LMDB_MARK, (0, 0))[0])]
+            else:
+                parts = []
+                for index, shard in enumerate(self.shards):
+                    conn = shard.reader
+                    with read_snapshot(conn):
+                        parts.append(read_shard(conn, marks.get(index, (0, 0))[0]))
             if self._marks() == marks:
                 break
         return ours, parts
@@ -418,7 +481,7 @@ class ShardedQueue:
             return (conn.execute("SELECT count(*) FROM entries WHERE seq > ?", (mark,)).fetchone()[0],
                     records_after(conn, mark), first[0] if first else None)
 
-        ours, parts = self._with_unmoved(read_queue, backlog)
+        ours, parts = self._with_unmoved(read_queue, backlog, lambda ingest, mark: ingest.backlog(mark))
         oldest = [p[2] for p in parts if p[2] is not None]
         return ours, sum(p[0] for p in parts), sum(p[1] for p in parts), (min(oldest) if oldest else None)
 
@@ -434,7 +497,8 @@ class ShardedQueue:
                 rows.extend((org, name, value) for name, value in zip(COUNTS, values))
             return rows
 
-        result, parts = self._with_unmoved(self.main.counters, unmoved)
+        result, parts = self._with_unmoved(self.main.counters, unmoved,
+                                           lambda ingest, mark: ingest.unmoved_counts(mark))
         for rows in parts:
             for org, name, value in rows:
                 result.setdefault(org, dict.fromkeys(COUNTS, 0))[name] += value

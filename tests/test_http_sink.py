@@ -318,7 +318,9 @@ def _cortex_with_http(make_cortex, url: str, **options):
 
 def _post_events(cortex, bundles: int, per_bundle: int, event_type: str = "event") -> None:
     for bundle in range(bundles):
-        events = [{"type": event_type, "event_datetime": iso(), "event_index": index,
+        # event_index unique per device: two bundles of one device posted within the same
+        # millisecond would otherwise be retries of each other
+        events = [{"type": event_type, "event_datetime": iso(), "event_index": bundle * per_bundle + index,
                    "kingdom": f"b{bundle}"} for index in range(per_bundle)]
         response = cortex.post(cortex.bundle(events, device_tag=f"device-{bundle % 5}"))
         assert response.status_code == 200, response.data

@@ -55,7 +55,9 @@ class Loader:
         self.lock = threading.Lock()
 
     def bundle(self, number: int) -> bytes:
-        events = [{"type": "event", "event_datetime": iso(), "event_index": index,
+        # event_index unique per device: bundles of one device sent within the same
+        # millisecond would otherwise be retries of each other
+        events = [{"type": "event", "event_datetime": iso(), "event_index": number * EVENTS_PER_BUNDLE + index,
                    "kingdom": f"b{number}-e{index}"} for index in range(EVENTS_PER_BUNDLE)]
         return orjson.dumps({"api_key": self.api_key, "app_ver": "1.0", "device_tag": f"dev-{number % DEVICES}",
                              "os": "android", "events": events})

@@ -14,9 +14,10 @@ from cortex.queue import SQLiteQueue, Submission
 
 @pytest.fixture
 def cortex(tmp_path) -> Cortex:
-    """A Cortex whose requests commit to the queue file itself (no ingest shards): these
-    tests look inside that file.  ``tests/test_queue_shards.py`` covers the shards."""
-    return Cortex(tmp_path / "data", {"queue": {"shards": 1}})
+    """A Cortex whose requests commit to the queue file itself (SQLite ingest, no shards):
+    these tests look inside that file.  ``tests/test_queue_shards.py`` covers the shards,
+    ``tests/test_queue_lmdb.py`` the LMDB ingest store."""
+    return Cortex(tmp_path / "data", {"queue": {"shards": 1, "ingest": "sqlite"}})
 
 
 def keyed(prefix: str, count: int) -> list[tuple[bytes, dict]]:
@@ -103,7 +104,7 @@ def test_one_bundles_keys_are_stored_side_by_side_and_retries_are_still_duplicat
 def test_a_queue_with_keys_from_before_grouping_keeps_recognising_their_retries(tmp_path):
     from cortex.app import create_app
 
-    first = Cortex(tmp_path / "data", {"queue": {"shards": 1}})  # as a version before shards made it
+    first = Cortex(tmp_path / "data", {"queue": {"shards": 1, "ingest": "sqlite"}})  # as a version before shards made it
     old_bundle = first.bundle([{"type": "dau", "event_datetime": iso()}])
     assert first.post(old_bundle).status_code == 200
     # make the queue what a version that stored keys plain left behind

@@ -32,7 +32,7 @@ def post_all(cortex, bundles) -> None:
 
 
 def test_an_upgraded_queue_gets_shards_and_changes_them_again_losing_and_doubling_nothing(make_cortex):
-    cortex = make_cortex(queue={"shards": 1})  # as a queue made before shards existed
+    cortex = make_cortex(queue={"shards": 1, "ingest": "sqlite"})  # as a queue made before shards existed
     queue = cortex.state.queue
     assert queue.count == 1 and shard_files(cortex) == []
     first = [device_bundle(cortex, device) for device in range(30)]
@@ -104,7 +104,7 @@ def test_an_upgraded_queue_gets_shards_and_changes_them_again_losing_and_doublin
 
 
 def test_the_default_is_the_queue_shards_setting(make_cortex, caplog):
-    cortex = make_cortex(queue={"shards": 1})
+    cortex = make_cortex(queue={"shards": 1, "ingest": "sqlite"})
     bundles = [device_bundle(cortex, device) for device in range(8)]
     post_all(cortex, bundles)
     path = cortex.state.config["queue"]["path"]
@@ -112,7 +112,7 @@ def test_the_default_is_the_queue_shards_setting(make_cortex, caplog):
     cortex.state.queue._users.close()  # this app is done with the queue
 
     # restarted with another setting: it keeps its one shard and says what to do
-    again = Cortex(cortex.data_dir, {"queue": {"shards": 3}})
+    again = Cortex(cortex.data_dir, {"queue": {"shards": 3, "ingest": "sqlite"}})
     again.api_key = cortex.api_key
     assert again.state.queue.count == 1
     assert "Stop Cortex and run `cortex queue reshard` to give the queue 3" in caplog.text
@@ -124,7 +124,7 @@ def test_the_default_is_the_queue_shards_setting(make_cortex, caplog):
 
 
 def test_a_queue_in_use_by_another_process_is_not_resharded(make_cortex):
-    cortex = make_cortex(queue={"shards": 2})
+    cortex = make_cortex(queue={"shards": 2, "ingest": "sqlite"})
     post_all(cortex, [device_bundle(cortex, device) for device in range(6)])
     path = cortex.state.config["queue"]["path"]
     user = subprocess.Popen(
@@ -152,7 +152,7 @@ def test_a_queue_in_use_by_another_process_is_not_resharded(make_cortex):
 def test_a_process_that_starts_during_a_reshard_waits_for_it(make_cortex, monkeypatch, caplog):
     import cortex.queue_reshard as module
 
-    cortex = make_cortex(queue={"shards": 2})
+    cortex = make_cortex(queue={"shards": 2, "ingest": "sqlite"})
     post_all(cortex, [device_bundle(cortex, device) for device in range(6)])
     path = cortex.state.config["queue"]["path"]
     seen = []
@@ -191,7 +191,7 @@ def test_a_queue_with_plain_keys_cannot_be_resharded(tmp_path):
 def test_a_reshard_cut_short_at_any_step_leaves_a_working_queue(make_cortex, monkeypatch):
     import cortex.queue_reshard as module
 
-    cortex = make_cortex(queue={"shards": 2})
+    cortex = make_cortex(queue={"shards": 2, "ingest": "sqlite"})
     queue = cortex.state.queue
     bundles = [device_bundle(cortex, device) for device in range(20)]
     post_all(cortex, bundles)

@@ -42,7 +42,7 @@ def shard_dump(path: str) -> dict[str, list[str]]:
 
 
 def test_devices_spread_over_the_shards_and_every_event_lands_once(make_cortex):
-    cortex = make_cortex(queue={"shards": SHARDS})
+    cortex = make_cortex(queue={"shards": SHARDS, "ingest": "sqlite"})
     assert cortex.state.queue.count == SHARDS
     bundles = [device_bundle(cortex, device) for device in range(40)]
     for bundle in bundles:
@@ -78,7 +78,7 @@ def test_more_shards_than_sqlite_attaches_at_once_all_move(make_cortex):
     # SQLite attaches at most 10 databases to a connection; the move reads each shard
     # through one, so the shards past the ones it keeps attached come and go
     many = 20
-    cortex = make_cortex(queue={"shards": many})
+    cortex = make_cortex(queue={"shards": many, "ingest": "sqlite"})
     for device in range(200):
         assert cortex.post(device_bundle(cortex, device, size=1)).status_code == 200
     assert sum(1 for n in entries_per_shard(cortex) if n) == many
@@ -94,7 +94,7 @@ def test_more_shards_than_sqlite_attaches_at_once_all_move(make_cortex):
 
 
 def test_a_device_keeps_its_shard_and_its_order(make_cortex):
-    cortex = make_cortex(queue={"shards": SHARDS})
+    cortex = make_cortex(queue={"shards": SHARDS, "ingest": "sqlite"})
     queue = cortex.state.queue
     for round_ in range(5):
         events = [{"type": "event", "event_datetime": iso(), "event_index": round_, "kingdom": "k"}]
@@ -107,7 +107,7 @@ def test_a_device_keeps_its_shard_and_its_order(make_cortex):
 
 
 def test_moves_keep_seqs_growing_and_survive_a_crash_between_their_two_steps(make_cortex, monkeypatch):
-    cortex = make_cortex(queue={"shards": SHARDS})
+    cortex = make_cortex(queue={"shards": SHARDS, "ingest": "sqlite"})
     queue = cortex.state.queue
     for device in range(20):
         assert cortex.post(device_bundle(cortex, device, size=1)).status_code == 200
@@ -136,7 +136,7 @@ def test_moves_keep_seqs_growing_and_survive_a_crash_between_their_two_steps(mak
 
 
 def test_processes_moving_at_once_move_each_entry_once(make_cortex):
-    cortex = make_cortex(queue={"shards": SHARDS})
+    cortex = make_cortex(queue={"shards": SHARDS, "ingest": "sqlite"})
     path = cortex.state.config["queue"]["path"]
     stop = threading.Event()
     errors = []
@@ -170,7 +170,7 @@ def test_processes_moving_at_once_move_each_entry_once(make_cortex):
 
 
 def test_the_number_of_shards_is_kept_in_the_queue(make_cortex, tmp_path, caplog):
-    cortex = make_cortex(queue={"shards": SHARDS})
+    cortex = make_cortex(queue={"shards": SHARDS, "ingest": "sqlite"})
     bundles = [device_bundle(cortex, device) for device in range(12)]
     for bundle in bundles:
         assert cortex.post(bundle).status_code == 200
@@ -209,11 +209,11 @@ def test_routing_and_file_names():
 @pytest.mark.parametrize("value", [0, 2.5, "4", True, 65])
 def test_a_bad_number_of_shards_is_a_clear_error(make_cortex, value):
     with pytest.raises(ConfigError, match="queue.shards must be a whole number from 1 to 64"):
-        make_cortex(queue={"shards": value})
+        make_cortex(queue={"shards": value, "ingest": "sqlite"})
 
 
 def test_ingest_errors_of_every_shard_are_listed_replayed_and_expired(make_cortex):
-    cortex = make_cortex(queue={"shards": SHARDS})
+    cortex = make_cortex(queue={"shards": SHARDS, "ingest": "sqlite"})
     for device in range(16):
         events = [{"type": "economy", "event_datetime": iso(), "event_index": 0}]  # no spend_amount
         assert cortex.post(cortex.bundle(events, device_tag=f"bad-{device}")).status_code == 400
@@ -239,7 +239,7 @@ def test_ingest_errors_of_every_shard_are_listed_replayed_and_expired(make_corte
 
 
 def test_replay_of_errors_in_every_shard(make_cortex):
-    cortex = make_cortex(queue={"shards": SHARDS})
+    cortex = make_cortex(queue={"shards": SHARDS, "ingest": "sqlite"})
     cortex.state.control.set_app_strict("demo", "default", True)
     cortex.state.keys.clear()
     for device in range(8):
@@ -255,7 +255,7 @@ def test_replay_of_errors_in_every_shard(make_cortex):
 
 
 def test_privacy_delete_and_export_reach_every_shard(make_cortex, tmp_path):
-    cortex = make_cortex(queue={"shards": SHARDS}, sinks={"sql": {"type": "sql"}})
+    cortex = make_cortex(queue={"shards": SHARDS, "ingest": "sqlite"}, sinks={"sql": {"type": "sql"}})
     people = [ALICE, BOB] + [{"user_tag": f"u-{n}", "device_tag": f"d-{n}", "facebook_tag": f"f-{n}"}
                               for n in range(6)]
     for person in people:
