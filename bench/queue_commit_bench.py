@@ -8,6 +8,8 @@ queue:
 - ``SQLiteQueue.submit``: the real commit of a request (dedupe keys claimed, the entry with
   its records, the per-org counters, one transaction, WAL, ``synchronous=NORMAL``), on a
   queue already holding ``--warm`` dedupe keys;
+- ``LMDBIngest.submit``: the same commit into the LMDB ingest store (the default since it
+  exists), holding as many keys;
 - the baseline: the same serialised entry inserted into a one-table SQLite database with
   the same journal settings, one transaction per request (the least a durable queue write
   can cost here).
@@ -32,6 +34,7 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cortex.queue import SQLiteQueue, Submission  # noqa: E402
+from cortex.queue_lmdb import LMDBIngest  # noqa: E402
 
 SHARED = {"device_tag": "bench-device", "app_ver": "1.0", "os": "ios", "os_ver": "17.1", "language": "en"}
 
@@ -70,6 +73,14 @@ def bench_size(size: int, requests: int, warm: int, workdir: Path) -> dict[str, 
     queue_cpu, queue_wall = measure(
         lambda i: queue.submit(Submission("demo", 1, batches[i], [], shared=SHARED)), requests)
 
+    store = LMDBIngest(str(workdir / f"queue-{size}.ingest.mdb"))
+    for start in range(0, warm, 1000):
+        store.submit(Submission("demo", 1, keyed_records(1000, start), [], shared=SHARED))
+    batches = [keyed_records(size, 10**8 + i * size) for i in range(requests)]
+    lmdb_cpu, lmdb_wall = measure(
+        lambda i: store.submit(Submission("demo", 1, batches[i], [], shared=SHARED)), requests)
+    store.close()
+
     bare = sqlite3.connect(workdir / f"bare-{size}.db", isolation_level=None)
     bare.execute("PRAGMA journal_mode=WAL")
     bare.execute("PRAGMA synchronous=NORMAL")
@@ -84,7 +95,8 @@ def bench_size(size: int, requests: int, warm: int, workdir: Path) -> dict[str, 
 
     bare_cpu, bare_wall = measure(bare_write, requests)
     bare.close()
-    return {"queue_cpu": queue_cpu, "queue_wall": queue_wall, "bare_cpu": bare_cpu, "bare_wall": bare_wall}
+    return {"queue_cpu": queue_cpu, "queue_wall": queue_wall, "lmdb_cpu": lmdb_cpu, "lmdb_wall": lmdb_wall,
+            "bare_cpu": bare_cpu, "bare_wall": bare_wall}
 
 
 def main() -> None:
@@ -96,11 +108,12 @@ def main() -> None:
     sizes = [int(size) for size in args.sizes.split(",")]
     with tempfile.TemporaryDirectory(prefix="cortex-commit-bench-") as tmp:
         rows = [(size, bench_size(size, args.requests, args.warm, Path(tmp))) for size in sizes]
-    print(f"{'events':>6}  {'queue cpu µs':>12}  {'queue wall µs':>13}  {'bare cpu µs':>11}  "
-          f"{'bare wall µs':>12}  {'cpu ratio':>9}  {'µs/event':>8}")
+    print(f"{'events':>6}  {'queue cpu µs':>12}  {'queue wall µs':>13}  {'lmdb cpu µs':>11}  {'lmdb wall µs':>12}  "
+          f"{'bare cpu µs':>11}  {'bare wall µs':>12}  {'queue/bare':>10}  {'lmdb/bare':>9}")
     for size, r in rows:
-        print(f"{size:>6}  {r['queue_cpu']:>12.1f}  {r['queue_wall']:>13.1f}  {r['bare_cpu']:>11.1f}  "
-              f"{r['bare_wall']:>12.1f}  {r['queue_cpu'] / r['bare_cpu']:>9.2f}  {r['queue_cpu'] / size:>8.2f}")
+        print(f"{size:>6}  {r['queue_cpu']:>12.1f}  {r['queue_wall']:>13.1f}  {r['lmdb_cpu']:>11.1f}  "
+              f"{r['lmdb_wall']:>12.1f}  {r['bare_cpu']:>11.1f}  {r['bare_wall']:>12.1f}  "
+              f"{r['queue_cpu'] / r['bare_cpu']:>10.2f}  {r['lmdb_cpu'] / r['bare_cpu']:>9.2f}")
 
 
 if __name__ == "__main__":

@@ -19,12 +19,16 @@ def queue():
 
 @queue.command("reshard")
 @click.option("--shards", "count", type=int, default=None,
-              help="The number of ingest shards to give the queue (1-64; default: the queue.shards setting).")
+              help="The number of SQLite ingest shards to give the queue (1-64; default: the queue.shards setting).")
+@click.option("--ingest", type=click.Choice(["lmdb", "sqlite"]), default=None,
+              help="Where requests commit: the LMDB ingest store or SQLite ingest shards (default: sqlite with "
+                   "--shards, else the queue.ingest setting).")
 @click.option("--json", "as_json", is_flag=True, help="Print what was done as JSON.")
 @with_appcontext
-def queue_reshard(count, as_json):
-    """Give the queue another number of ingest shards, keeping every queued event, dedupe key
-    and count.  Stop the server and any `cortex worker` first: the queue must not be in use."""
+def queue_reshard(count, ingest, as_json):
+    """Give the queue the ingest layout of the configuration (queue.ingest, queue.shards) or
+    of the options, keeping every queued event, dedupe key and count.  Stop the server and
+    any `cortex worker` first: the queue must not be in use."""
     from cortex.queue_reshard import ReshardError, reshard
     from cortex.queue_shards import QueueInUse, ShardedQueue
 
@@ -32,17 +36,26 @@ def queue_reshard(count, as_json):
     if not isinstance(state.queue, ShardedQueue):
         raise click.ClickException(
             f"the queue backend is {state.config['queue']['backend']!r}; only the embedded queue has ingest shards")
+    if ingest is None:
+        ingest = "sqlite" if count is not None else state.config["queue"]["ingest"]
+    if ingest == "lmdb" and count is not None:
+        raise click.ClickException("--shards is for SQLite ingest (--ingest sqlite); the LMDB store has no shards")
     wanted = state.config["queue"]["shards"] if count is None else count
     try:
-        report = reshard(state.queue, wanted)
+        report = reshard(state.queue, wanted, ingest)
     except (QueueInUse, ReshardError) as error:
         raise click.ClickException(str(error)) from None
+
+    before, after = (("its LMDB ingest store" if store == "lmdb" else f"{shards} ingest shard(s)")
+                     for store, shards in ((report.store_before, report.before), (report.store_after, report.after)))
+    if report.store_before == report.store_after == "sqlite":
+        before = str(report.before)  # "4 ingest shard(s) (it had 2)"
     if as_json:
         click.echo(json.dumps(asdict(report), indent=2))
-    elif report.before == report.after:
-        click.echo(f"The queue has {report.after} ingest shard(s) already; nothing to do.")
+    elif (report.store_before, report.before) == (report.store_after, report.after):
+        click.echo(f"The queue has {after} already; nothing to do.")
     else:
-        click.echo(f"The queue now has {report.after} ingest shard(s) (it had {report.before}): "
+        click.echo(f"The queue now has {after} (it had {before}): "
                    f"{report.moved_entries} queued entries moved into queue.db first, "
                    f"{report.keys} dedupe keys carried over.")
     if report.removed_files and not as_json:

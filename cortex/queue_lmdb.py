@@ -55,10 +55,12 @@ MAP_SIZE = 64 << 30
 MOVE_BATCH = 2000
 
 
-def ingest_path(queue_path: str) -> str:
-    """The LMDB file of the queue at ``queue_path``: ``queue.ingest.mdb`` for ``queue.db``."""
+def ingest_path(queue_path: str, generation: int = 0) -> str:
+    """The LMDB file of the queue at ``queue_path``: ``queue.ingest.mdb`` for ``queue.db``,
+    ``queue.ingest.g2.mdb`` for one that ``cortex queue reshard`` gave the store in its
+    second generation."""
     stem, _ = os.path.splitext(queue_path)
-    return f"{stem}.ingest.mdb"
+    return f"{stem}.ingest{f'.g{generation}' if generation else ''}.mdb"
 
 
 def _number(value: int) -> bytes:
@@ -342,17 +344,21 @@ class LMDBIngest(GroupCommit):
     def unmoved_counts(self, mark: int) -> list[tuple[str, str, int]]:
         """(org, name, value) rows: the counts of the entries after seq ``mark`` and of the
         all-duplicate requests."""
-        rows = []
         with self.env.begin() as txn:
-            for key, value in txn.cursor(db=self._dbs[b"counts"]):
-                org, name = key.split(b"\0", 1)
-                rows.append((org.decode(), name.decode(), _value(value)))
+            rows = self._counts(txn)
             cursor = txn.cursor(db=self._dbs[b"entries"])
             if cursor.set_range(_number(mark + 1)):
                 for _, value in cursor:
                     header = _split(value)[0]
                     rows.extend((header[0], name, count) for name, count in
                                 zip(("accepted", "duplicate", "rejected"), header[5:8]))
+        return rows
+
+    def _counts(self, txn) -> list[tuple[str, str, int]]:
+        rows = []
+        for key, value in txn.cursor(db=self._dbs[b"counts"]):
+            org, name = key.split(b"\0", 1)
+            rows.append((org.decode(), name.decode(), _value(value)))
         return rows
 
     # housekeeping ----------------------------------------------------------------------------
@@ -384,6 +390,43 @@ class LMDBIngest(GroupCommit):
                 if _value(txn.get(key, db=dedupe)) < cutoff and txn.delete(key, db=dedupe):
                     removed += 1
         return removed
+
+    def key_chunks(self, size: int):
+        """Every (key, seen) of the dedupe keys, ``size`` at a time (for a reshard)."""
+        after = None
+        while True:
+            with self.env.begin() as txn:
+                cursor = txn.cursor(db=self._dbs[b"dedupe"])
+                found = cursor.set_range(after + b"\0") if after is not None else cursor.first()
+                rows = []
+                while found and len(rows) < size:
+                    rows.append((cursor.key(), _value(cursor.value())))
+                    found = cursor.next()
+            if not rows:
+                return
+            yield rows
+            after = rows[-1][0]
+
+    def counts(self) -> list[tuple[str, str, int]]:
+        """(org, name, value): the counts of the all-duplicate requests (for a reshard)."""
+        with self.env.begin() as txn:
+            return self._counts(txn)
+
+    def held_rows(self) -> int:
+        """How many entries and ingest-error rows the store holds."""
+        with self.env.begin() as txn:
+            return sum(txn.stat(self.db(name))["entries"] for name in (b"entries", b"errors"))
+
+    def add_keys(self, rows: list[tuple[bytes, int]]) -> None:
+        """Store dedupe keys (key, seen) that are not there yet, in one transaction."""
+        dedupe = self.db(b"dedupe")
+        with self.env.begin(write=True) as txn:
+            for key, seen in rows:
+                txn.put(bytes(key), _number(seen), overwrite=False, db=dedupe)
+
+    def sync(self) -> None:
+        """Flush the store to disk (after a reshard wrote it)."""
+        self.env.sync(True)
 
     def checkpoint(self) -> None:
         """Clear the reader slots of processes that died in a read (LMDB would otherwise keep

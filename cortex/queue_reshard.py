@@ -1,22 +1,26 @@
-"""Giving an existing queue another number of ingest shards (``cortex queue reshard``).
+"""Giving an existing queue another ingest layout (``cortex queue reshard``): another number
+of SQLite ingest shards, or the LMDB ingest store in their place (or back).
 
-A device's dedupe keys live in its shard (:mod:`cortex.queue_shards`), so the number of
-shards can only change while no process uses the queue, and the keys must follow their
-devices to their new shards.  :func:`reshard` does it in steps that a crash or a power
+A device's dedupe keys live in its shard or in the store (:mod:`cortex.queue_shards`), so
+the layout can only change while no process uses the queue, and the keys must follow their
+devices to their new place.  :func:`reshard` does it in steps that a crash or a power
 loss at any point leaves either undone or done, never half done:
 
 1. Take the queue alone (:meth:`~cortex.queue_shards.ShardedQueue.exclusive_use`), and
    remove the files an earlier reshard left behind (of another generation than the
    queue's).
-2. Move every shard's entries and ingest-error rows into the queue, as the dispatcher does.
-   The shards then hold only dedupe keys and the counts of all-duplicate requests.
+2. Move every shard's (or the store's) entries and ingest-error rows into the queue, as the
+   dispatcher does.  They then hold only dedupe keys and the counts of all-duplicate
+   requests.
 3. Write the new shards as files of the next *generation* (``queue.shard0.g2.db`` ...),
    each with the keys of the devices it now has (:func:`~cortex.queue_shards.shard_of` of
-   the key's group), and sync them to disk.  Until step 4 nothing reads them.
-4. In one transaction of the queue, synced: add the old shards' counts to the queue's
-   counters, record the new number and generation, start the shard marks over, and (going
-   to one shard) take the keys into the queue itself or (coming from one) drop them there.
-5. Delete the old shard files.
+   the key's group), or the new store (``queue.ingest.g2.mdb``) with all the keys, and
+   sync them to disk.  Until step 4 nothing reads them.
+4. In one transaction of the queue, synced: add the old shards' (or store's) counts to the
+   queue's counters, record the new layout and generation, start the shard marks over,
+   and (going to one shard) take the keys into the queue itself or (coming from one) drop
+   them there.
+5. Delete the old files.
 
 The queue's entries, cursors, dead letters and ingest error log stay where they are, so the
 sinks go on from their cursors.  A queue whose keys are stored without their device group
@@ -32,7 +36,8 @@ import sqlite3
 from dataclasses import dataclass
 
 from cortex.queue import ADD_TO_COUNTERS, PLAIN_KEYS, SQLiteQueue, write_transaction
-from cortex.queue_shards import ShardedQueue, detach_shards, shard_of, shard_path
+from cortex.queue_lmdb import LMDBIngest, ingest_path
+from cortex.queue_shards import INGEST_STORES, ShardedQueue, detach_shards, shard_of, shard_path
 
 __all__ = ["ReshardError", "ReshardReport", "reshard"]
 
@@ -52,6 +57,9 @@ class ReshardReport:
 
     before: int
     after: int
+    #: where requests committed before and commit now ("sqlite" or "lmdb")
+    store_before: str = "sqlite"
+    store_after: str = "sqlite"
     #: entries moved from the old shards into the queue first
     moved_entries: int = 0
     #: dedupe keys now in the new shards (or in the queue, for one shard)
@@ -60,25 +68,26 @@ class ReshardReport:
     removed_files: int = 0
 
 
-def reshard(queue: ShardedQueue, count: int) -> ReshardReport:
-    """Give ``queue`` ``count`` ingest shards (1-64), keeping every entry, dedupe key and
-    count; raises :class:`~cortex.queue_shards.QueueInUse` when another process uses the
+def reshard(queue: ShardedQueue, count: int = 1, ingest: str | None = None) -> ReshardReport:
+    """Give ``queue`` ``count`` SQLite ingest shards (1-64) or, with ``ingest = "lmdb"``, the
+    LMDB ingest store (``ingest`` None: the store it has), keeping every entry, dedupe key
+    and count; raises :class:`~cortex.queue_shards.QueueInUse` when another process uses the
     queue and :class:`ReshardError` when it cannot be resharded.  The queue's schema must be
     up to date (:meth:`~cortex.queue_shards.ShardedQueue.create_schema`, as the app does)."""
     if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 64:
         raise ReshardError(f"the number of shards must be a whole number from 1 to 64, not {count!r}")
+    if ingest is not None and ingest not in INGEST_STORES:
+        raise ReshardError(f'the ingest store must be "lmdb" or "sqlite", not {ingest!r}')
     with queue.exclusive_use():
-        if queue.ingest is not None:
-            raise ReshardError(
-                f"the queue {queue.path} takes requests into its LMDB ingest store ({queue.ingest.path}), which "
-                "has no shards: many processes write it without waiting for each other. Ingest shards are for "
-                "queues made with queue.ingest = \"sqlite\"")
         old_shards = list(queue.shards)
-        report = ReshardReport(before=queue.count, after=count)
+        old_store = queue.ingest
+        wanted = ingest or queue.store
+        after = 1 if wanted == "lmdb" else count
+        report = ReshardReport(before=queue.count, after=after, store_before=queue.store, store_after=wanted)
         report.removed_files = _remove_other_generations(queue.path, queue.generation)
-        if count == report.before:
+        if wanted == queue.store and after == report.before:
             return report
-        if not old_shards and _keys_are_plain(queue.main):
+        if not old_shards and old_store is None and _keys_are_plain(queue.main):
             raise ReshardError(
                 f"the queue {queue.path} stores its dedupe keys without their device (it held keys before "
                 "Cortex grouped them), so they cannot be given to shards. Once everything is delivered and "
@@ -92,15 +101,26 @@ def reshard(queue: ShardedQueue, count: int) -> ReshardReport:
                 "SELECT (SELECT count(*) FROM entries) + (SELECT count(*) FROM ingest_errors)").fetchone()[0]
             if left:
                 raise ReshardError(f"{shard.path} still holds {left} rows after moving them; nothing was changed")
+        if old_store is not None and old_store.held_rows():
+            raise ReshardError(f"{old_store.path} still holds {old_store.held_rows()} rows after moving them; "
+                               "nothing was changed")
         generation = queue.generation + 1
-        sources = [shard.reader for shard in old_shards] or [queue.main.reader]
-        new_paths = [shard_path(queue.path, i, generation) for i in range(count)] if count > 1 else []
-        if new_paths:
-            report.keys = _write_new_shards(new_paths, sources, queue.durability)
-        report.keys += _switch(queue, old_shards, count, generation)
+        if old_store is not None:
+            sources = [old_store.key_chunks(KEY_CHUNK)]
+        else:
+            sources = [_keys_of(shard.reader) for shard in old_shards] or [_keys_of(queue.main.reader)]
+        if wanted == "lmdb":
+            report.keys = _write_new_store(ingest_path(queue.path, generation), sources, queue.durability)
+        elif after > 1:
+            report.keys = _write_new_shards([shard_path(queue.path, i, generation) for i in range(after)], sources,
+                                            queue.durability)
+        report.keys += _switch(queue, old_shards, old_store, after, generation, wanted)
         for shard in old_shards:
             shard.close()
             report.removed_files += _remove_queue_file(shard.path)
+        if old_store is not None:
+            old_store.close()
+            report.removed_files += _remove_store_file(old_store.path)
         return report
 
 
@@ -118,9 +138,28 @@ def _keys_of(conn: sqlite3.Connection):
         yield rows
 
 
-def _write_new_shards(paths: list[str], sources: list[sqlite3.Connection], durability: str) -> int:
-    """Create the shards at ``paths`` holding the keys of ``sources`` by their device's
-    shard, synced to disk; returns how many keys."""
+def _write_new_store(path: str, sources: list, durability: str) -> int:
+    """Create the LMDB store at ``path`` holding the keys of ``sources`` (iterables of
+    chunks of (key, seen)), synced to disk; returns how many keys."""
+    _remove_store_file(path)  # left by an interrupted reshard to the same generation
+    store = LMDBIngest(path, durability)
+    keys = 0
+    try:
+        for chunks in sources:
+            for rows in chunks:
+                store.add_keys(rows)
+                keys += len(rows)
+        store.sync()
+    finally:
+        store.close()
+    _fsync(path)
+    _fsync(os.path.dirname(os.path.abspath(path)))
+    return keys
+
+
+def _write_new_shards(paths: list[str], sources: list, durability: str) -> int:
+    """Create the shards at ``paths`` holding the keys of ``sources`` (iterables of chunks
+    of (key, seen)) by their device's shard, synced to disk; returns how many keys."""
     for path in paths:
         _remove_queue_file(path)  # left by an interrupted reshard to the same generation
         SQLiteQueue(path, durability).create_schema()
@@ -129,8 +168,8 @@ def _write_new_shards(paths: list[str], sources: list[sqlite3.Connection], durab
     try:
         for conn in targets:
             conn.execute("BEGIN")
-        for source in sources:
-            for rows in _keys_of(source):
+        for chunks in sources:
+            for rows in chunks:
                 routed: list[list] = [[] for _ in paths]
                 for row in rows:
                     routed[shard_of(row[0][:GROUP_BYTES], len(paths))].append(row)
@@ -152,7 +191,8 @@ def _write_new_shards(paths: list[str], sources: list[sqlite3.Connection], durab
     return keys
 
 
-def _switch(queue: ShardedQueue, old_shards: list[SQLiteQueue], count: int, generation: int) -> int:
+def _switch(queue: ShardedQueue, old_shards: list[SQLiteQueue], old_store: LMDBIngest | None, count: int,
+            generation: int, store: str) -> int:
     """Step 4 of the module docstring; returns how many keys it took into the queue."""
     conn = queue.main.reader
     taken = 0
@@ -162,15 +202,19 @@ def _switch(queue: ShardedQueue, old_shards: list[SQLiteQueue], count: int, gene
             for shard in old_shards:
                 for org, name, value in shard.reader.execute("SELECT org, name, value FROM counters"):
                     conn.execute(ADD_TO_COUNTERS, (org, name, value))
-            if count == 1:
-                for shard in old_shards:
-                    for rows in _keys_of(shard.reader):
+            if old_store is not None:
+                conn.executemany(ADD_TO_COUNTERS, old_store.counts())
+            if store == "sqlite" and count == 1:
+                sources = [old_store.key_chunks(KEY_CHUNK)] if old_store is not None else \
+                    [_keys_of(shard.reader) for shard in old_shards]
+                for chunks in sources:
+                    for rows in chunks:
                         conn.executemany("INSERT OR IGNORE INTO dedupe (key, seen) VALUES (?, ?)", rows)
                         taken += len(rows)
-            elif not old_shards:
-                conn.execute("DELETE FROM dedupe")  # the shards have them now
-            conn.execute("UPDATE shards SET count = ?, generation = ?", (count, generation))
-            conn.execute("DELETE FROM shard_marks")  # the new shards number their entries from 1
+            elif not old_shards and old_store is None:
+                conn.execute("DELETE FROM dedupe")  # the shards or the store have them now
+            conn.execute("UPDATE shards SET count = ?, generation = ?, store = ?", (count, generation, store))
+            conn.execute("DELETE FROM shard_marks")  # the new shards or store number their entries from 1
     finally:
         conn.execute(f"PRAGMA synchronous={'FULL' if queue.durability == 'fsync' else 'NORMAL'}")
     return taken
@@ -180,14 +224,32 @@ _GENERATION = re.compile(r"\.shard\d+(?:\.g(\d+))?\.")
 
 
 def _remove_other_generations(path: str, generation: int) -> int:
-    """Remove the shard files of ``path`` of any generation but ``generation``."""
+    """Remove the shard and store files of ``path`` of any generation but ``generation``."""
     stem, ext = os.path.splitext(path)
     removed = 0
     for name in glob.glob(glob.escape(stem) + ".shard*" + (ext or ".db")):
         found = _GENERATION.search(name[len(stem):])
         if found and int(found.group(1) or 0) != generation:
             removed += _remove_queue_file(name)
+    for name in glob.glob(glob.escape(stem) + ".ingest*.mdb"):
+        found = _STORE_GENERATION.fullmatch(name[len(stem):])
+        if found and int(found.group(1) or 0) != generation:
+            removed += _remove_store_file(name)
     return removed
+
+
+_STORE_GENERATION = re.compile(r"\.ingest(?:\.g(\d+))?\.mdb")
+
+
+def _remove_store_file(path: str) -> int:
+    """Remove an LMDB store file with its lock file; returns 1 if it was there."""
+    there = os.path.exists(path)
+    for name in (path, path + "-lock"):
+        try:
+            os.remove(name)
+        except FileNotFoundError:
+            pass
+    return int(there)
 
 
 def _remove_queue_file(path: str) -> int:

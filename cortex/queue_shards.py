@@ -181,7 +181,7 @@ class ShardedQueue:
         if self._shards is None:
             self._use()
             count, self._generation, store = self._stored_layout()
-            self._ingest = LMDBIngest(ingest_path(self.path), self.durability, turn_of=self.main,
+            self._ingest = LMDBIngest(ingest_path(self.path, self._generation), self.durability, turn_of=self.main,
                                       max_bytes=self.ingest_max_bytes) if store == "lmdb" else None
             self._shards = [] if count == 1 or self._ingest is not None else [
                 SQLiteQueue(shard_path(self.path, i, self._generation), self.durability, turn_of=self.main)
@@ -275,10 +275,10 @@ class ShardedQueue:
             count = self.wanted  # a store without shards: queue.shards does not apply
         if store != self.wanted_store:
             log.warning(
-                "queue.ingest is %r, but the queue %s was made with %r, which it keeps (its dedupe keys are "
-                "there). Set queue.ingest = %r to match, or let everything be delivered and the dedupe window "
-                "pass, then stop Cortex and remove the queue files to start over with %r.",
-                self.wanted_store, self.path, store, store, self.wanted_store,
+                "queue.ingest is %r, but the queue %s uses %r, which it keeps (its dedupe keys are there). "
+                "Stop Cortex and run `cortex queue reshard` to move the queue to %r, or set queue.ingest = %r "
+                "to match.",
+                self.wanted_store, self.path, store, self.wanted_store, store,
             )
         elif count != self.wanted:
             log.warning(

@@ -219,7 +219,8 @@ def test_a_queue_keeps_the_store_it_was_made_with(make_cortex, tmp_path, caplog)
     assert sqlite_made.post(bundle).status_code == 200
     reopened = Cortex(sqlite_made.data_dir, {"queue": {"ingest": "lmdb"}})
     assert reopened.state.queue.store == "sqlite" and reopened.state.queue.count == 2
-    assert "queue.ingest is 'lmdb', but the queue" in caplog.text and "was made with 'sqlite'" in caplog.text
+    assert "queue.ingest is 'lmdb', but the queue" in caplog.text and "uses 'sqlite', which it keeps" in caplog.text
+    assert "run `cortex queue reshard` to move the queue to 'lmdb'" in caplog.text
     assert reopened.post(bundle).status_code == 200
     assert reopened.state.queue.counters()["demo"]["duplicate"] == 3  # its keys are where they were
     assert not (sqlite_made.data_dir / "queue.ingest.mdb").exists()
@@ -232,8 +233,8 @@ def test_a_queue_keeps_the_store_it_was_made_with(make_cortex, tmp_path, caplog)
     again = Cortex(lmdb_made.data_dir, {"queue": {"ingest": "sqlite", "shards": 4}})
     assert again.state.queue.store == "lmdb" and again.post(bundle).status_code == 200
     assert again.state.queue.counters()["demo"] == {"accepted": 3, "duplicate": 3, "rejected": 0}
-    result = again.cli("queue", "reshard", "--shards", "2")
-    assert result.exit_code != 0 and "LMDB ingest store" in result.output and "has no shards" in result.output
+    result = again.cli("queue", "reshard", "--ingest", "lmdb", "--shards", "2")
+    assert result.exit_code != 0 and "--shards is for SQLite ingest" in result.output
 
 
 def test_a_bad_ingest_store_is_a_clear_error(make_cortex):
@@ -247,3 +248,92 @@ def test_the_store_file_and_its_mark(cortex):
     cortex.state.queue.move()
     marks = dict(cortex.state.queue.main.reader.execute("SELECT shard, seq FROM shard_marks").fetchall())
     assert marks == {LMDB_MARK: 1}
+
+
+def test_reshard_moves_a_queue_to_the_store_and_back_losing_and_doubling_nothing(make_cortex):
+    from test_queue_reshard import orgs, post_all, shard_files
+
+    cortex = make_cortex(queue={"ingest": "sqlite", "shards": 4})  # as a queue made before the store
+    bundles = [device_bundle(cortex, device) for device in range(30)]
+    post_all(cortex, bundles)
+    post_all(cortex, bundles[:5])  # retries: duplicates, counted in the shards
+    bad = [{"type": "economy", "event_datetime": iso(), "event_index": 0}]  # no spend_amount
+    assert cortex.post(cortex.bundle(bad, device_tag="bad-1")).status_code == 400
+    before = orgs(cortex)
+    assert before["demo"] == {"accepted": 90, "duplicate": 15, "rejected": 1}
+    cortex.state.queue.close()
+    cortex.state.queue._users.close()  # this app is done with the queue
+
+    # restarted on the defaults: it keeps its shards until told, then moves to the store
+    again = Cortex(cortex.data_dir)
+    again.api_key = cortex.api_key
+    queue = again.state.queue
+    assert queue.store == "sqlite" and queue.count == 4
+    result = again.cli("queue", "reshard")
+    assert result.exit_code == 0, result.output
+    assert "now has its LMDB ingest store (it had 4 ingest shard(s))" in result.output
+    assert "91 dedupe keys carried over" in result.output
+    assert queue.store == "lmdb" and queue.ingest.path == str(cortex.data_dir / "queue.ingest.g1.mdb")
+    assert shard_files(again) == [] and orgs(again) == before
+    post_all(again, bundles)  # every retry still a duplicate
+    assert orgs(again)["demo"]["duplicate"] == 15 + 90
+    post_all(again, [device_bundle(again, device) for device in range(100, 110)])
+    assert again.cli("queue", "reshard").output.startswith("The queue has its LMDB ingest store already")
+
+    # back to two SQLite shards, with entries and all-duplicate counts in the store
+    post_all(again, bundles[:3])
+    counted = orgs(again)
+    result = again.cli("queue", "reshard", "--shards", "2")
+    assert result.exit_code == 0, result.output
+    assert "now has 2 ingest shard(s) (it had its LMDB ingest store)" in result.output
+    assert queue.store == "sqlite" and queue.count == 2 and shard_files(again) == [
+        "queue.shard0.g2.db", "queue.shard1.g2.db"]
+    assert not list(cortex.data_dir.glob("queue.ingest*"))  # the store and its lock file are gone
+    assert orgs(again) == counted
+    post_all(again, bundles)
+
+    # and to the store once more
+    result = again.cli("queue", "reshard", "--ingest", "lmdb", "--json")
+    assert result.exit_code == 0, result.output
+    report = orjson.loads(result.output)
+    assert (report["store_before"], report["store_after"], report["before"], report["after"]) == (
+        "sqlite", "lmdb", 2, 1)
+    assert report["keys"] == 121 and report["removed_files"] == 2
+    post_all(again, bundles)
+    assert orgs(again)["demo"] == {"accepted": 120, "duplicate": 15 + 90 + 9 + 90 + 90, "rejected": 1}
+
+    again.deliver()
+    rows = again.sql("SELECT id FROM events")
+    assert len(rows) == 120 and len({row[0] for row in rows}) == 120
+    assert len(again.state.queue.ingest_errors()) == 1
+
+
+def test_a_move_to_the_store_cut_short_leaves_a_working_queue(make_cortex, monkeypatch):
+    import cortex.queue_reshard as module
+    from cortex.queue_reshard import reshard
+    from test_queue_reshard import post_all
+
+    cortex = make_cortex(queue={"ingest": "sqlite", "shards": 1})  # keys in queue.db itself
+    queue = cortex.state.queue
+    bundles = [device_bundle(cortex, device) for device in range(10)]
+    post_all(cortex, bundles)
+
+    def killed(*args):
+        raise RuntimeError("killed")
+
+    # killed once the new store is written, before the queue switches to it
+    monkeypatch.setattr(module, "_switch", killed)
+    with pytest.raises(RuntimeError):
+        reshard(queue, ingest="lmdb")
+    monkeypatch.undo()
+    assert queue.store == "sqlite" and (cortex.data_dir / "queue.ingest.g1.mdb").exists()  # never used
+    post_all(cortex, bundles)
+    assert queue.counters()["demo"] == {"accepted": 30, "duplicate": 30, "rejected": 0}
+
+    report = reshard(queue, ingest="lmdb")
+    assert (report.store_after, report.keys) == ("lmdb", 30) and queue.store == "lmdb"
+    assert queue.main.reader.execute("SELECT count(*) FROM dedupe").fetchone() == (0,)  # the store has them
+    post_all(cortex, bundles)
+    assert queue.counters()["demo"] == {"accepted": 30, "duplicate": 60, "rejected": 0}
+    cortex.deliver()
+    assert cortex.sql("SELECT count(*) FROM events") == [(30,)]

@@ -69,7 +69,8 @@ def test_an_upgraded_queue_gets_shards_and_changes_them_again_losing_and_doublin
     result = cortex.cli("queue", "reshard", "--shards", "2", "--json")
     assert result.exit_code == 0, result.output
     report = orjson.loads(result.output)
-    assert report == {"before": 4, "after": 2, "moved_entries": 40, "keys": 211, "removed_files": 4}
+    assert report == {"before": 4, "after": 2, "store_before": "sqlite", "store_after": "sqlite", "moved_entries": 40,
+                      "keys": 211, "removed_files": 4}
     assert shard_files(cortex) == ["queue.shard0.g2.db", "queue.shard1.g2.db"]
     assert orgs(cortex) == before
     # the queue's connection had the old files attached for its moves: now the new ones
