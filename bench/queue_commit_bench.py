@@ -8,8 +8,8 @@ queue:
 - ``SQLiteQueue.submit``: the real commit of a request (dedupe keys claimed, the entry with
   its records, the per-org counters, one transaction, WAL, ``synchronous=NORMAL``), on a
   queue already holding ``--warm`` dedupe keys;
-- ``LMDBIngest.submit``: the same commit into the LMDB ingest store (the default since it
-  exists), holding as many keys;
+- ``LMDBIngest.submit``: the same commit into the LMDB ingest store (``queue.ingest =
+  "lmdb"``), holding as many keys;
 - the baseline: the same serialised entry inserted into a one-table SQLite database with
   the same journal settings, one transaction per request (the least a durable queue write
   can cost here).

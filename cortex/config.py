@@ -64,9 +64,10 @@ DEFAULTS: dict[str, Any] = {
         # "os": survives kill -9 of any process; "fsync": also survives power loss
         "durability": "os",
         "path": "",
-        # where requests commit, fixed when the queue is made: "lmdb" (one memory-mapped store
-        # that many processes write cheaply) or "sqlite" (the shard files below)
-        "ingest": "lmdb",
+        # where requests commit, fixed when the queue is made (cortex queue reshard changes
+        # it): "sqlite" (the shard files below) or "lmdb" (one memory-mapped store that many
+        # processes write cheaply; without fsync durability a power cut can corrupt it)
+        "ingest": "sqlite",
         # the most the LMDB ingest store may grow to (bytes; 64 GiB): past it, 503 until the
         # dispatcher has moved entries out
         "ingest_max_bytes": 64 << 30,

@@ -1,15 +1,16 @@
-"""The LMDB ingest store: where requests commit their events, in front of ``queue.db``.
+"""The LMDB ingest store: where requests commit their events, in front of ``queue.db``, when
+the queue is made with ``queue.ingest = "lmdb"`` (or moved to it by ``cortex queue reshard``).
 
 A request's commit is the one write every ingest request makes, and under gunicorn it
 was most of what a request cost beyond the framework's floor.  Not SQLite's work itself
-(in one process a 1-event commit takes some 15 µs) but what several processes writing one
+(in one process a 1-event commit takes some 25 µs) but what several processes writing one
 file cost it: each commit found the file changed by another worker, dropped its page cache
 and read the pages back, and took and released five locks with as many system calls.
 LMDB is a B-tree in a memory map built for many processes: every process reads the one map
-of the file, so nothing is read back after another process wrote; a writer takes a mutex in
-shared memory (no system call while nobody waits) and writes its dirty pages with one
-``pwritev``.  On the 2-core development machine a 1-event request cost 0.23 ms of CPU with
-it against 0.29 with SQLite ingest shards (see the README's *Performance*).
+of the file, so nothing is read back after another process wrote, and a writer takes a
+mutex in shared memory (no system call while nobody waits).  On the 2-core development
+machine a 1-event request cost 0.23 ms of CPU with it against 0.29 with SQLite ingest
+shards (see the README's *Performance*).
 
 The store is one LMDB environment, the file ``<queue>.ingest.mdb`` (and its lock file
 ``<queue>.ingest.mdb-lock``), with these databases:
@@ -28,6 +29,10 @@ The dispatcher moves the entries into ``queue.db`` (:meth:`LMDBIngest.move_into`
 moves the entries of SQLite ingest shards, and everything downstream is the same.  A
 commit is in the operating system's hands when it returns, so it survives ``kill -9`` of
 any process; with ``durability = "fsync"`` it is also synced to disk (group-committed).
+Without syncs LMDB stays consistent only where the filesystem keeps the order of writes,
+which ext4 and XFS do not promise: a power cut or kernel crash can leave the file corrupt,
+where SQLite's WAL loses at most the last commits.  That is why SQLite ingest shards stay
+the default.
 A process killed while it holds the writer mutex does not block the others: LMDB's mutex
 is robust, and the next writer rolls the dead one's transaction back.
 """
@@ -97,8 +102,10 @@ class _OpenEnvironments:
         """The environment of ``path`` and its databases, opened if no one has it open."""
         with self._lock:
             if self._pid != current_pid():
-                # a forked child: its parent's environments are not its own (and must not
-                # be closed here, which would end the parent's reads)
+                # a forked child: its parent's environments are not its own, and closing
+                # them here would end the parent's reads.  It cannot open a file its parent
+                # had open at the fork either (py-lmdb refuses), so a process that forks
+                # workers (gunicorn's master) lets go of the store first (create_schema)
                 self._pid = current_pid()
                 self._open = {}
             key = os.path.realpath(path)

@@ -1,10 +1,10 @@
 """Where requests commit, in front of the queue: ingest shards or the LMDB ingest store.
 
-A queue made with ``queue.ingest = "lmdb"`` (the default) takes requests into its LMDB
-ingest store (:mod:`cortex.queue_lmdb`), and :class:`ShardedQueue` moves the store's
-entries into the queue as it moves the shards' (the store's mark is the ``shard_marks`` row
+A queue made with ``queue.ingest = "lmdb"`` takes requests into its LMDB ingest store
+(:mod:`cortex.queue_lmdb`), and :class:`ShardedQueue` moves the store's entries into the
+queue as it moves the shards' (the store's mark is the ``shard_marks`` row
 :data:`LMDB_MARK`).  The rest of this docstring is about SQLite ingest shards, the store of
-queues made with ``queue.ingest = "sqlite"`` or before the LMDB store existed.
+queues made with ``queue.ingest = "sqlite"`` (the default).
 
 Every request commit takes its queue file's writer lock, so the gunicorn workers of one
 file take turns at it, and while one commits the other waits with a CPU idle.  With

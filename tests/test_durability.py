@@ -29,8 +29,9 @@ def count_rows(server, device_prefix: str) -> tuple[int, int]:
     return rows[0]
 
 
-def test_gunicorn_worker_killed_under_load_loses_nothing_answered_200(tmp_path):
-    server = ServerProcess(tmp_path / "server", workers=2)
+@pytest.mark.parametrize("ingest", ["sqlite", "lmdb"])
+def test_gunicorn_worker_killed_under_load_loses_nothing_answered_200(tmp_path, ingest):
+    server = ServerProcess(tmp_path / "server", workers=2, env={"CORTEX_QUEUE__INGEST": ingest})
     answered: list[str] = []
     failed = 0
     lock = threading.Lock()
@@ -71,6 +72,7 @@ def test_gunicorn_worker_killed_under_load_loses_nothing_answered_200(tmp_path):
             time.sleep(1.0)
             stop.set()
         server.wait_for_delivery(timeout=120)
+        assert (server.data_dir / "queue.ingest.mdb").exists() == (ingest == "lmdb")
         stored = {row[0]: row[1] for row in server.sql_rows(
             "SELECT device_tag, count(*) FROM events WHERE kingdom = 'load' GROUP BY device_tag")}
         missing = [device for device in answered if stored.get(device) != 10]

@@ -1,4 +1,4 @@
-"""The LMDB ingest store (``[queue] ingest = "lmdb"``, the default): requests commit to
+"""The LMDB ingest store (``[queue] ingest = "lmdb"``): requests commit to
 ``queue.ingest.mdb``, the dispatcher moves the entries into ``queue.db``, and everything
 that reads the queue sees them all, exactly once."""
 
@@ -16,6 +16,15 @@ from cortex.queue_lmdb import LMDBIngest, ingest_path
 from cortex.queue_shards import LMDB_MARK, ShardedQueue
 from test_privacy import ALICE, BOB, TAGS, person_bundles
 from test_queue_shards import device_bundle
+
+
+LMDB = {"ingest": "lmdb"}
+
+
+@pytest.fixture
+def cortex(tmp_path) -> Cortex:
+    """A Cortex whose queue takes requests into the LMDB ingest store."""
+    return Cortex(tmp_path / "data", {"queue": LMDB})
 
 
 def store_rows(queue: ShardedQueue) -> dict[str, list[bytes]]:
@@ -145,7 +154,7 @@ def test_concurrent_commits_are_grouped_and_counted_exactly_with_fsync(tmp_path)
 
 
 def test_a_full_store_answers_503_with_retry_after_and_recovers(make_cortex, caplog):
-    app = make_cortex(queue={"ingest_max_bytes": 1 << 20})
+    app = make_cortex(queue={**LMDB, "ingest_max_bytes": 1 << 20})
     events = lambda device: [  # noqa: E731
         {"type": "event", "event_datetime": iso(), "event_index": i, "kingdom": "x" * 30, "phylum": f"d{device}"}
         for i in range(100)]
@@ -198,7 +207,7 @@ def test_ingest_errors_in_the_store_are_counted_listed_and_replayed(cortex):
 
 
 def test_a_data_subjects_deletion_reaches_the_store(make_cortex):
-    cortex = make_cortex(sinks={"sql": {"type": "sql"}})
+    cortex = make_cortex(queue=LMDB, sinks={"sql": {"type": "sql"}})
     for person in (ALICE, BOB):
         person_bundles(cortex, person)
     held = store_rows(cortex.state.queue)
@@ -225,7 +234,7 @@ def test_a_queue_keeps_the_store_it_was_made_with(make_cortex, tmp_path, caplog)
     assert reopened.state.queue.counters()["demo"]["duplicate"] == 3  # its keys are where they were
     assert not (sqlite_made.data_dir / "queue.ingest.mdb").exists()
 
-    lmdb_made = make_cortex()
+    lmdb_made = make_cortex(queue=LMDB)
     bundle = device_bundle(lmdb_made, 1)
     assert lmdb_made.post(bundle).status_code == 200
     lmdb_made.state.queue.close()
@@ -264,8 +273,8 @@ def test_reshard_moves_a_queue_to_the_store_and_back_losing_and_doubling_nothing
     cortex.state.queue.close()
     cortex.state.queue._users.close()  # this app is done with the queue
 
-    # restarted on the defaults: it keeps its shards until told, then moves to the store
-    again = Cortex(cortex.data_dir)
+    # restarted with queue.ingest = "lmdb": it keeps its shards until told, then moves
+    again = Cortex(cortex.data_dir, {"queue": LMDB})
     again.api_key = cortex.api_key
     queue = again.state.queue
     assert queue.store == "sqlite" and queue.count == 4
