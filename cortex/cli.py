@@ -367,6 +367,7 @@ def collect_status(cortex_state) -> dict:
     depth = queue.depth()
     if isinstance(queue, ShardedQueue):
         depth["shards"] = queue.count
+        depth["ingest"] = queue.store
     return {
         "orgs": queue.counters(),
         "queue": depth,
@@ -388,8 +389,9 @@ def status(as_json):
     _table([{"org": org, **counts} for org, counts in sorted(report["orgs"].items())],
            ["org", "accepted", "duplicate", "rejected"])
     shards = report["queue"].get("shards")
-    click.echo(f"\nqueue: {report['queue']['records']} records in {report['queue']['entries']} entries"
-               + (f" ({shards} ingest shards)" if shards and shards > 1 else "") + "\n")
+    layout = " (LMDB ingest store)" if report["queue"].get("ingest") == "lmdb" else (
+        f" ({shards} ingest shards)" if shards and shards > 1 else "")
+    click.echo(f"\nqueue: {report['queue']['records']} records in {report['queue']['entries']} entries{layout}\n")
     _table([{"sink": name, **s} for name, s in report["sinks"].items()],
            ["sink", "delivered", "pending", "dead_lettered"])
     if report["enrichers"]:

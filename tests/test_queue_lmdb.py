@@ -47,6 +47,8 @@ def test_requests_commit_to_the_store_and_every_event_lands_once(cortex):
     # counted and measured before the dispatcher moved anything
     status = orjson.loads(cortex.cli("status", "--json").output)
     assert status["orgs"]["demo"] == {"accepted": 120, "duplicate": 120, "rejected": 0}
+    assert status["queue"] == {"entries": 40, "records": 120, "shards": 1, "ingest": "lmdb"}
+    assert "queue: 120 records in 40 entries (LMDB ingest store)" in cortex.cli("status").output
     assert queue.depth() == {"entries": 40, "records": 120}
     assert queue.stats()["oldest_enqueued_at"] is not None
     assert status["sinks"]["sql"]["pending"] == 120
@@ -346,3 +348,36 @@ def test_a_move_to_the_store_cut_short_leaves_a_working_queue(make_cortex, monke
     assert queue.counters()["demo"] == {"accepted": 30, "duplicate": 60, "rejected": 0}
     cortex.deliver()
     assert cortex.sql("SELECT count(*) FROM events") == [(30,)]
+
+
+def test_a_process_killed_while_it_writes_does_not_block_the_others(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    path = str(tmp_path / "queue.ingest.mdb")
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from cortex.queue_lmdb import LMDBIngest; store = LMDBIngest(sys.argv[1]); "
+         "txn = store.env.begin(write=True); txn.put(b'half', b'written', db=store.db(b'meta')); "
+         "print('holding', flush=True); time.sleep(60)", path],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(10)
+        store = LMDBIngest(path)
+        key = b"k".ljust(16, b".")
+        results = []
+        writer = threading.Thread(target=lambda: results.append(store.submit(
+            Submission("demo", 1, [(key, {"id": "r1", "received_at": "t"})], [], key_group=b"grp1"))), daemon=True)
+        writer.start()
+        writer.join(10)
+        assert not writer.is_alive(), "the next writer waits for a dead process's lock"
+        assert results[0].accepted_count == 1
+        with store.env.begin() as txn:  # the dead writer's transaction was rolled back
+            assert txn.get(b"half", db=store.db(b"meta")) is None
+        store.close()
+    finally:
+        holder.kill()
