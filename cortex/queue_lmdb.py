@@ -48,7 +48,7 @@ import lmdb
 import orjson
 
 from cortex.pid import current_pid
-from cortex.queue import GroupCommit, Submission, entry_blob, settle
+from cortex.queue import NEWEST_SEQ, NEWEST_TOTAL, GroupCommit, Submission, entry_blob, settle, write_transaction
 
 __all__ = ["LMDBIngest", "ingest_path"]
 
@@ -252,7 +252,9 @@ class LMDBIngest(GroupCommit):
         return _split(cursor.value())[0][3]
 
     def probe_writable(self, timeout: float = 2.0) -> None:
-        """Raise ``lmdb.Error`` when the store cannot be written now (the readiness check)."""
+        """Raise ``lmdb.Error`` when the store cannot be written now (the readiness check).
+        ``timeout`` does not apply: an LMDB writer waits for the writer mutex, which no one
+        holds for longer than a commit or a move's deletion (a dead holder's is released)."""
         with self.env.begin(write=True) as txn:
             txn.put(b"probe", b"", db=self._dbs[b"meta"])
             txn.delete(b"probe", db=self._dbs[b"meta"])
@@ -271,8 +273,6 @@ class LMDBIngest(GroupCommit):
                 return moved
 
     def _append_to(self, queue, mark_shard: int) -> tuple[int, int, int]:
-        from cortex.queue import NEWEST_SEQ, NEWEST_TOTAL, write_transaction
-
         conn = queue.reader
         with queue.write_lock(), write_transaction(conn):
             mark = conn.execute("SELECT seq, error_id FROM shard_marks WHERE shard = ?", (mark_shard,)).fetchone()

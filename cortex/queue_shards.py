@@ -49,7 +49,6 @@ import sqlite3
 from contextlib import contextmanager
 from typing import Any
 
-from cortex.queue_lmdb import LMDBIngest, ingest_path
 from cortex.queue import (
     COUNTS,
     NEWEST_SEQ,
@@ -60,6 +59,7 @@ from cortex.queue import (
     records_after,
     write_transaction,
 )
+from cortex.queue_lmdb import LMDBIngest, ingest_path
 
 __all__ = ["QueueInUse", "ShardedQueue", "detach_shards", "move_shards", "shard_of", "shard_path"]
 
@@ -267,8 +267,8 @@ class ShardedQueue:
             self._shards = self._ingest = None
 
     def create_schema(self) -> None:
-        """Create the queue's and the shards' tables, recording the number of shards
-        (idempotent; an existing queue keeps its number)."""
+        """Create the queue's and the shards' (or the LMDB store's) tables, recording the
+        layout (idempotent; an existing queue keeps its number of shards and its store)."""
         self._use()
         count, _, store = self._stored_layout()
         if store == "lmdb":
