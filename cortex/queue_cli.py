@@ -17,6 +17,11 @@ def queue():
     """The embedded queue (queue.db and its ingest shards)."""
 
 
+def _layout(store: str, shards: int) -> str:
+    """An ingest layout as ``cortex queue reshard`` reports it."""
+    return "its LMDB ingest store" if store == "lmdb" else f"{shards} ingest shard(s)"
+
+
 @queue.command("reshard")
 @click.option("--shards", "count", type=int, default=None,
               help="The number of SQLite ingest shards to give the queue (1-64; default: the queue.shards setting).")
@@ -46,10 +51,10 @@ def queue_reshard(count, ingest, as_json):
     except (QueueInUse, ReshardError) as error:
         raise click.ClickException(str(error)) from None
 
-    before, after = (("its LMDB ingest store" if store == "lmdb" else f"{shards} ingest shard(s)")
-                     for store, shards in ((report.store_before, report.before), (report.store_after, report.after)))
-    if report.store_before == report.store_after == "sqlite":
-        before = str(report.before)  # "4 ingest shard(s) (it had 2)"
+    after = _layout(report.store_after, report.after)
+    # "4 ingest shard(s) (it had 2)" between shard counts, else both layouts in full
+    before = str(report.before) if report.store_before == report.store_after == "sqlite" else _layout(
+        report.store_before, report.before)
     if as_json:
         click.echo(json.dumps(asdict(report), indent=2))
     elif (report.store_before, report.before) == (report.store_after, report.after):

@@ -82,6 +82,12 @@ def _first_key(txn, db) -> float:
     return _value(cursor.key()) if cursor.first() else float("inf")
 
 
+def _start(cursor, after: bytes | None) -> bool:
+    """Put ``cursor`` on the first key after ``after`` (None, or empty: the first key); False
+    when there is none."""
+    return cursor.set_range(after + b"\0") if after else cursor.first()
+
+
 def _split(value: bytes) -> tuple[list, bytes]:
     """An entry's or error row's header (a JSON list) and the bytes after it."""
     cut = value.index(b"\n")
@@ -377,7 +383,7 @@ class LMDBIngest(GroupCommit):
         expired = []
         with self.env.begin() as txn:
             cursor = txn.cursor(db=dedupe)
-            found = cursor.set_range(self._dedupe_sweep + b"\0") if self._dedupe_sweep else cursor.first()
+            found = _start(cursor, self._dedupe_sweep)
             looked = 0
             last = b""
             while found and looked < batch:
@@ -404,7 +410,7 @@ class LMDBIngest(GroupCommit):
         while True:
             with self.env.begin() as txn:
                 cursor = txn.cursor(db=self._dbs[b"dedupe"])
-                found = cursor.set_range(after + b"\0") if after is not None else cursor.first()
+                found = _start(cursor, after)
                 rows = []
                 while found and len(rows) < size:
                     rows.append((cursor.key(), _value(cursor.value())))

@@ -101,14 +101,11 @@ def reshard(queue: ShardedQueue, count: int = 1, ingest: str | None = None) -> R
                 "SELECT (SELECT count(*) FROM entries) + (SELECT count(*) FROM ingest_errors)").fetchone()[0]
             if left:
                 raise ReshardError(f"{shard.path} still holds {left} rows after moving them; nothing was changed")
-        if old_store is not None and old_store.held_rows():
-            raise ReshardError(f"{old_store.path} still holds {old_store.held_rows()} rows after moving them; "
-                               "nothing was changed")
+        left = old_store.held_rows() if old_store is not None else 0
+        if left:
+            raise ReshardError(f"{old_store.path} still holds {left} rows after moving them; nothing was changed")
         generation = queue.generation + 1
-        if old_store is not None:
-            sources = [old_store.key_chunks(KEY_CHUNK)]
-        else:
-            sources = [_keys_of(shard.reader) for shard in old_shards] or [_keys_of(queue.main.reader)]
+        sources = _key_sources(old_shards, old_store) or [_keys_of(queue.main.reader)]
         if wanted == "lmdb":
             report.keys = _write_new_store(ingest_path(queue.path, generation), sources, queue.durability)
         elif after > 1:
@@ -136,6 +133,13 @@ def _keys_of(conn: sqlite3.Connection):
         if not rows:
             return
         yield rows
+
+
+def _key_sources(old_shards: list[SQLiteQueue], old_store: LMDBIngest | None) -> list:
+    """The dedupe keys of the old shards or store, as iterables of chunks of (key, seen)."""
+    if old_store is not None:
+        return [old_store.key_chunks(KEY_CHUNK)]
+    return [_keys_of(shard.reader) for shard in old_shards]
 
 
 def _write_new_store(path: str, sources: list, durability: str) -> int:
@@ -205,9 +209,7 @@ def _switch(queue: ShardedQueue, old_shards: list[SQLiteQueue], old_store: LMDBI
             if old_store is not None:
                 conn.executemany(ADD_TO_COUNTERS, old_store.counts())
             if store == "sqlite" and count == 1:
-                sources = [old_store.key_chunks(KEY_CHUNK)] if old_store is not None else \
-                    [_keys_of(shard.reader) for shard in old_shards]
-                for chunks in sources:
+                for chunks in _key_sources(old_shards, old_store):
                     for rows in chunks:
                         conn.executemany("INSERT OR IGNORE INTO dedupe (key, seen) VALUES (?, ?)", rows)
                         taken += len(rows)
@@ -243,19 +245,19 @@ _STORE_GENERATION = re.compile(r"\.ingest(?:\.g(\d+))?\.mdb")
 
 def _remove_store_file(path: str) -> int:
     """Remove an LMDB store file with its lock file; returns 1 if it was there."""
-    there = os.path.exists(path)
-    for name in (path, path + "-lock"):
-        try:
-            os.remove(name)
-        except FileNotFoundError:
-            pass
-    return int(there)
+    return _remove_with(path, ("-lock",))
 
 
 def _remove_queue_file(path: str) -> int:
     """Remove a queue file with its WAL, shared-memory and lock files; returns 1 if it was there."""
+    return _remove_with(path, ("-wal", "-shm", ".lock"))
+
+
+def _remove_with(path: str, suffixes: tuple[str, ...]) -> int:
+    """Remove ``path`` and the files named it plus each of ``suffixes``; returns 1 if
+    ``path`` was there."""
     there = os.path.exists(path)
-    for name in (path, path + "-wal", path + "-shm", path + ".lock"):
+    for name in (path, *(path + suffix for suffix in suffixes)):
         try:
             os.remove(name)
         except FileNotFoundError:

@@ -24,23 +24,31 @@ def keyed(prefix: str, count: int) -> list[tuple[bytes, dict]]:
     return [(f"{prefix}-{i}".encode().ljust(16, b"."), {"id": f"{prefix}{i}", "received_at": "t"}) for i in range(count)]
 
 
-def test_concurrent_submissions_are_grouped_and_counted_exactly(tmp_path):
-    queue = SQLiteQueue(str(tmp_path / "q.db"), durability="fsync")
-    queue.create_schema()
+def submit_from_threads(threads: int, submit) -> list[tuple[int, int]]:
+    """(accepted, duplicate) of every submission ``submit(thread)`` yields, with ``threads``
+    threads submitting at once."""
     results = []
     lock = threading.Lock()
 
-    def submit(number: int) -> None:
-        # every thread sends 10 events of its own and the same 5 shared ones
-        submission = queue.submit(Submission("org", 1, keyed(f"t{number}", 10) + keyed("shared", 5), []))
-        with lock:
-            results.append((submission.accepted_count, submission.duplicate_count))
+    def run(number: int) -> None:
+        for submission in submit(number):
+            with lock:
+                results.append((submission.accepted_count, submission.duplicate_count))
 
-    threads = [threading.Thread(target=submit, args=(n,)) for n in range(16)]
-    for thread in threads:
+    started = [threading.Thread(target=run, args=(n,)) for n in range(threads)]
+    for thread in started:
         thread.start()
-    for thread in threads:
+    for thread in started:
         thread.join()
+    return results
+
+
+def test_concurrent_submissions_are_grouped_and_counted_exactly(tmp_path):
+    queue = SQLiteQueue(str(tmp_path / "q.db"), durability="fsync")
+    queue.create_schema()
+    # every thread sends 10 events of its own and the same 5 shared ones
+    results = submit_from_threads(
+        16, lambda number: [queue.submit(Submission("org", 1, keyed(f"t{number}", 10) + keyed("shared", 5), []))])
     assert sum(a for a, _ in results) == 16 * 10 + 5
     assert sum(d for _, d in results) == 15 * 5
     assert queue.depth()["records"] == 165

@@ -15,7 +15,8 @@ from cortex.queue import Submission
 from cortex.queue_lmdb import LMDBIngest, ingest_path
 from cortex.queue_shards import LMDB_MARK, ShardedQueue
 from test_privacy import ALICE, BOB, TAGS, person_bundles
-from test_queue_shards import device_bundle
+from test_queue import submit_from_threads
+from test_queue_shards import device_bundle, submit_while_moving
 
 
 LMDB = {"ingest": "lmdb"}
@@ -96,33 +97,13 @@ def test_a_move_cut_short_between_its_two_steps_loses_and_doubles_nothing(cortex
 
 
 def test_processes_moving_while_requests_commit_move_each_entry_once(cortex):
-    path = cortex.state.config["queue"]["path"]
-    stop = threading.Event()
-    errors = []
+    def submission(n: int) -> Submission:
+        key = f"key-{n}".encode().ljust(16, b".")
+        rejected = [(key + b"r", {"id": f"x{n}", "received_at": "t"})] if n % 10 == 0 else []
+        return Submission("demo", 1, [(key, {"id": f"r{n}", "received_at": "t"})], rejected,
+                          key_group=n.to_bytes(4, "big"))
 
-    def keep_moving():
-        other = ShardedQueue(path)  # the store that the queue was made with
-        try:
-            while not stop.is_set():
-                other.move()
-        except Exception as error:  # pragma: no cover - reported below
-            errors.append(error)
-
-    movers = [threading.Thread(target=keep_moving) for _ in range(2)]
-    for mover in movers:
-        mover.start()
-    writer = ShardedQueue(path)
-    try:
-        for n in range(300):
-            key = f"key-{n}".encode().ljust(16, b".")
-            rejected = [(key + b"r", {"id": f"x{n}", "received_at": "t"})] if n % 10 == 0 else []
-            writer.submit(Submission("demo", 1, [(key, {"id": f"r{n}", "received_at": "t"})], rejected,
-                                     key_group=n.to_bytes(4, "big")))
-    finally:
-        stop.set()
-        for mover in movers:
-            mover.join()
-    assert errors == []
+    writer = submit_while_moving(cortex.state.config["queue"]["path"], map(submission, range(300)))
     entries = list(writer.iter_all())
     assert [e.seq for e in entries] == list(range(1, 301))
     assert sorted(e.records[0]["id"] for e in entries) == sorted(f"r{n}" for n in range(300))
@@ -132,8 +113,6 @@ def test_processes_moving_while_requests_commit_move_each_entry_once(cortex):
 
 def test_concurrent_commits_are_grouped_and_counted_exactly_with_fsync(tmp_path):
     store = LMDBIngest(str(tmp_path / "q.ingest.mdb"), durability="fsync")
-    results = []
-    lock = threading.Lock()
 
     def post(thread: int):
         for n in range(10):
@@ -141,15 +120,9 @@ def test_concurrent_commits_are_grouped_and_counted_exactly_with_fsync(tmp_path)
             keyed = [(f"t{thread}-{n}".encode().ljust(16, b"."), {"id": f"{thread}-{n}", "received_at": "t"})]
             if thread and n < 5:
                 keyed.append((f"t0-{n}".encode().ljust(16, b"."), {"id": f"0-{n}", "received_at": "t"}))
-            submission = store.submit(Submission("org", 1, keyed, [], key_group=b"grp1"))
-            with lock:
-                results.append((submission.accepted_count, submission.duplicate_count))
+            yield store.submit(Submission("org", 1, keyed, [], key_group=b"grp1"))
 
-    threads = [threading.Thread(target=post, args=(t,)) for t in range(16)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    results = submit_from_threads(16, post)
     assert sum(a for a, _ in results) == 160 and sum(d for _, d in results) == 75
     assert store.backlog(0) == (160, 160, store.backlog(0)[2])
     store.close()

@@ -135,14 +135,14 @@ def test_moves_keep_seqs_growing_and_survive_a_crash_between_their_two_steps(mak
     assert len(queue.read(30, 10)) == 1
 
 
-def test_processes_moving_at_once_move_each_entry_once(make_cortex):
-    cortex = make_cortex(queue={"shards": SHARDS, "ingest": "sqlite"})
-    path = cortex.state.config["queue"]["path"]
+def submit_while_moving(path: str, submissions) -> ShardedQueue:
+    """Submit ``submissions`` to the queue at ``path`` while two other instances of it (as
+    other processes would) keep moving what the requests commit; returns the submitting one."""
     stop = threading.Event()
     errors = []
 
     def keep_moving():
-        other = ShardedQueue(path, shards=SHARDS)  # connections of its own, as another process
+        other = ShardedQueue(path)  # connections of its own; the layout the queue was made with
         try:
             while not stop.is_set():
                 other.move()
@@ -152,17 +152,26 @@ def test_processes_moving_at_once_move_each_entry_once(make_cortex):
     movers = [threading.Thread(target=keep_moving) for _ in range(2)]
     for mover in movers:
         mover.start()
-    writer = ShardedQueue(path, shards=SHARDS)
+    writer = ShardedQueue(path)
     try:
-        for n in range(300):
-            key = f"key-{n}".encode().ljust(16, b".")
-            group = n.to_bytes(4, "big")
-            writer.submit(Submission("demo", 1, [(key, {"id": f"r{n}", "received_at": "t"})], [], key_group=group))
+        for submission in submissions:
+            writer.submit(submission)
     finally:
         stop.set()
         for mover in movers:
             mover.join()
     assert errors == []
+    return writer
+
+
+def test_processes_moving_at_once_move_each_entry_once(make_cortex):
+    cortex = make_cortex(queue={"shards": SHARDS, "ingest": "sqlite"})
+
+    def submission(n: int) -> Submission:
+        key = f"key-{n}".encode().ljust(16, b".")
+        return Submission("demo", 1, [(key, {"id": f"r{n}", "received_at": "t"})], [], key_group=n.to_bytes(4, "big"))
+
+    writer = submit_while_moving(cortex.state.config["queue"]["path"], map(submission, range(300)))
     entries = list(writer.iter_all())
     assert sorted(e.records[0]["id"] for e in entries) == sorted(f"r{n}" for n in range(300))
     assert [e.seq for e in entries] == list(range(1, 301))
