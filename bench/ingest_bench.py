@@ -226,6 +226,19 @@ def cpu_seconds(pid: int) -> float:
         return 0.0
 
 
+def background_cpu_seconds(pid: int) -> float:
+    """CPU seconds ``pid`` has used outside its main thread: in a Cortex worker the embedded
+    dispatcher's threads (sinks, housekeeping) and the metrics flusher; a gunicorn sync
+    worker serves requests in its main thread."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        main = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    except (OSError, IndexError, ValueError):
+        return 0.0
+    return max(0.0, cpu_seconds(pid) - main)
+
+
 def host_busy_seconds() -> float:
     """CPU seconds the whole host has been busy (all CPUs, ``/proc/stat``)."""
     with open("/proc/stat") as handle:
@@ -259,11 +272,14 @@ class Sampler:
         self.idle_percent = 0.0
         self.cpu_start: dict[int, float] = {}
         self.cpu_end: dict[int, float] = {}
+        self.background_start: dict[int, float] = {}
+        self.background_end: dict[int, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sampler", daemon=True)
 
     def __enter__(self) -> "Sampler":
         self.cpu_start = {pid: cpu_seconds(pid) for pid in worker_pids(self.master_pid)}
+        self.background_start = {pid: background_cpu_seconds(pid) for pid in self.cpu_start}
         self._master_start = cpu_seconds(self.master_pid)
         self._own_start = own_cpu_seconds()
         self._host_start = host_busy_seconds()
@@ -275,6 +291,7 @@ class Sampler:
         self._stop.set()
         self._thread.join()
         self.cpu_end = {pid: cpu_seconds(pid) for pid in worker_pids(self.master_pid)}
+        self.background_end = {pid: background_cpu_seconds(pid) for pid in self.cpu_end}
         wall = time.monotonic() - self._wall_start
         ours = (self.cpu_used + cpu_seconds(self.master_pid) - self._master_start
                 + own_cpu_seconds() - self._own_start)
@@ -291,6 +308,11 @@ class Sampler:
     def cpu_used(self) -> float:
         """CPU seconds the workers used between enter and exit."""
         return sum(self.cpu_end.get(pid, 0.0) - start for pid, start in self.cpu_start.items())
+
+    @property
+    def background_used(self) -> float:
+        """CPU seconds the workers used outside their main threads between enter and exit."""
+        return sum(self.background_end.get(pid, 0.0) - start for pid, start in self.background_start.items())
 
     def _run(self) -> None:
         while True:
@@ -606,6 +628,7 @@ class Case:
     rss_sum_mib: float = 0.0
     rss_max_mib: float = 0.0
     cpu_ms_per_request: float = 0.0
+    background_ms_per_request: float = 0.0  # of it, outside the workers' main threads
     others_cpu_percent: float = 0.0      # CPU of processes outside the benchmark (% of one CPU)
     idle_percent: float = 0.0            # the host's CPUs left idle during the load (% of all)
     # Cortex only
@@ -689,6 +712,7 @@ def run_case(kind: str, size: int, args, round_number: int = 1) -> Case:
         case.p50_ms, case.p99_ms = load.p50_ms, load.p99_ms
         case.workers, case.rss_sum_mib, case.rss_max_mib = sampler.workers, sampler.rss_sum, sampler.rss_max
         case.cpu_ms_per_request = sampler.cpu_used * 1000 / load.requests if load.requests else 0.0
+        case.background_ms_per_request = sampler.background_used * 1000 / load.requests if load.requests else 0.0
         case.others_cpu_percent = sampler.others_percent
         case.idle_percent = sampler.idle_percent
         print(f"   load: {load.requests} requests in {load.duration:.1f}s, {load.ok} answered 200", flush=True)
@@ -762,10 +786,11 @@ def report(cases: list[Case], args) -> dict:
     print("Throughput and latency")
     _table(
         ["server", *(["round"] if rounds else []), "events/bundle", "req/s", "events/s", "p50 ms", "p99 ms", "non-200",
-         "RSS sum MiB", "RSS max MiB", "CPU ms/req", "idle %", "others %"],
+         "RSS sum MiB", "RSS max MiB", "CPU ms/req", "bg ms/req", "idle %", "others %"],
         [[c.server, *([str(c.round)] if rounds else []), str(c.size), f"{c.requests_per_s:,.0f}", f"{c.events_per_s:,.0f}", f"{c.p50_ms:.1f}",
           f"{c.p99_ms:.1f}", str(c.non_200 + c.socket_errors), f"{c.rss_sum_mib:.1f}",
-          f"{c.rss_max_mib:.1f}", f"{c.cpu_ms_per_request:.2f}", f"{c.idle_percent:.0f}",
+          f"{c.rss_max_mib:.1f}", f"{c.cpu_ms_per_request:.2f}", f"{c.background_ms_per_request:.2f}",
+          f"{c.idle_percent:.0f}",
           f"{c.others_cpu_percent:.0f}" + ("!" if c.others_cpu_percent > NOISY_PERCENT else "")] for c in cases],
     )
 

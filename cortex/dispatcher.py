@@ -29,7 +29,7 @@ from typing import Any
 
 from cortex.enrichers import Enricher
 from cortex.enrichment import EnrichedEntries, EnricherErrors, Enrichment
-from cortex.metrics import record_delivery
+from cortex.metrics import record_delivery, record_sink_write
 from cortex.privacy_store import PrivacyStore, TombstoneFilter
 from cortex.retention import SinkRetention, expire_queue_logs
 from cortex.sinks import PermanentError, Sink, sink_can
@@ -210,7 +210,10 @@ class SinkRunner:
         delay = self.retry_initial
         while True:
             try:
+                started = time.perf_counter()
                 self.sink.write(records)
+                if self.metered:
+                    record_sink_write(self.sink.name, len(records), time.perf_counter() - started)
                 return len(records)
             except PermanentError as error:
                 if len(records) == 1:

@@ -39,6 +39,10 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 #: client clock skew buckets, seconds (absolute): from "in sync" to "a week off"
 SKEW_BUCKETS = (1.0, 5.0, 30.0, 60.0, 300.0, 3600.0, 21600.0, 86400.0, 604800.0)
+#: sink write buckets, seconds: a batch of a few records to a slow remote store
+SINK_WRITE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+#: records per sink write: one record up to the largest ``dispatcher.batch_size`` worth having
+SINK_BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000)
 
 _FILE_PID = re.compile(r"_(\d+)\.db$")
 #: seconds between flushes of a process's sums to the multiprocess files
@@ -133,6 +137,14 @@ class Metrics:
         self.sink_dead_lettered = Counter(
             "cortex_sink_dead_lettered_records", "Records a sink refused for good (moved to the dead-letter store).",
             ["sink"], registry=registry,
+        )
+        self.sink_write_seconds = Histogram(
+            "cortex_sink_write_seconds", "Time a sink took to store one batch, by sink.",
+            ["sink"], buckets=SINK_WRITE_BUCKETS, registry=registry,
+        )
+        self.sink_batch_records = Histogram(
+            "cortex_sink_batch_records", "Records a sink stored in one write, by sink.",
+            ["sink"], buckets=SINK_BATCH_BUCKETS, registry=registry,
         )
         self.enricher_errors = Counter(
             "cortex_enricher_errors", "Enricher failures, by enricher and the error policy applied.",
@@ -264,6 +276,13 @@ def record_delivery(sink: str, delivered: int = 0, dead_lettered: int = 0, faile
         tally.count(metrics.child(metrics.sink_dead_lettered, sink), dead_lettered)
     if failed:
         tally.count(metrics.child(metrics.sink_failures, sink), failed)
+
+
+def record_sink_write(sink: str, records: int, seconds: float) -> None:
+    """Observe one successful sink write: how many records it stored and how long it took."""
+    metrics = get_metrics()
+    metrics.tally.observe(metrics.child(metrics.sink_batch_records, sink), records)
+    metrics.tally.observe(metrics.child(metrics.sink_write_seconds, sink), seconds)
 
 
 def record_enricher_error(enricher: str, policy: str, count: int = 1) -> None:

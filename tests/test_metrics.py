@@ -141,6 +141,15 @@ def test_ingest_and_delivery_are_counted(make_cortex):
     assert delta("cortex_sink_delivered_records_total", sink="flaky") == 3 + 3 + 2 + 3
     assert delta("cortex_sink_dead_lettered_records_total", sink="flaky") == 1
     assert delta("cortex_sink_write_failures_total", sink="flaky") >= 1
+    # every successful write is observed once: its records add up to those delivered
+    writes = delta("cortex_sink_batch_records_count", sink="flaky")
+    assert writes >= 2  # the refused record's batch was split until it stood alone
+    assert delta("cortex_sink_batch_records_sum", sink="flaky") == 3 + 3 + 2 + 3
+    assert delta("cortex_sink_write_seconds_count", sink="flaky") == writes
+    assert delta("cortex_sink_write_seconds_bucket", sink="flaky", le="+Inf") == writes
+    assert 0 < delta("cortex_sink_write_seconds_sum", sink="flaky") < 10
+    assert delta("cortex_sink_batch_records_bucket", sink="flaky", le="+Inf") == writes
+    assert delta("cortex_sink_batch_records_bucket", sink="flaky", le="10.0") == writes  # small batches
     assert value(after, "cortex_queue_records") == 0
     assert value(after, "cortex_sink_lag_seconds", sink="flaky") == 0
 
@@ -219,6 +228,7 @@ def test_multiprocess_totals_survive_a_killed_worker(tmp_path):
         scraped = samples(requests.get(f"{server.url}/metrics", timeout=10).text)
         assert value(scraped, "cortex_events_accepted_total", org="demo") == 21
         assert value(scraped, "cortex_sink_delivered_records_total", sink="sql") == 21
+        assert value(scraped, "cortex_sink_batch_records_sum", sink="sql") == 21
     finally:
         server.stop()
 
