@@ -269,3 +269,39 @@ def test_alert_rules_are_valid_and_use_only_exposed_metrics(make_cortex):
             exposed.update({f"{name}_bucket", f"{name}_count", f"{name}_sum"})
     used = set(re.findall(r"\bcortex_[a-z_]+", rules.read_text()))
     assert used and used <= exposed, f"not exposed: {sorted(used - exposed)}"
+
+
+def test_slow_sink_writes_alert_fires_for_the_slow_sink_only(tmp_path):
+    import json
+    import re
+    from pathlib import Path
+
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        need_service("promtool is not installed (Debian package prometheus)")
+    rules = Path(__file__).resolve().parent.parent / "config" / "prometheus-alerts.yml"
+    rule = rules.read_text().split("alert: CortexSlowSinkWrites", 1)[1].split("- alert:", 1)[0]
+    description = re.search(r'description: "(.*)"', rule).group(1)
+
+    def series(sink: str, bound: str, per_minute: int) -> dict:
+        return {"series": f'cortex_sink_write_seconds_bucket{{instance="a", sink="{sink}", le="{bound}"}}',
+                "values": f"0+{per_minute}x40"}
+
+    alert = "CortexSlowSinkWrites"
+    # a minute of "slow": 10 writes, 9 of them between 10 and 30 s; of "fast": 100 under 10 ms
+    spec = {"rule_files": [str(rules)], "evaluation_interval": "1m", "tests": [{
+        "interval": "1m",
+        "input_series": [series("slow", "10.0", 1), series("slow", "30.0", 10), series("slow", "+Inf", 10),
+                         series("fast", "0.01", 100), series("fast", "10.0", 100), series("fast", "+Inf", 100)],
+        "alert_rule_test": [
+            {"eval_time": "10m", "alertname": alert, "exp_alerts": []},  # slow, but not for 15 minutes yet
+            {"eval_time": "30m", "alertname": alert, "exp_alerts": [{
+                "exp_labels": {"severity": "warning", "instance": "a", "sink": "slow"},
+                "exp_annotations": {"summary": "1% of sink slow's writes take more than 29.78s",
+                                    "description": description}}]},
+        ],
+    }]}
+    test_file = tmp_path / "alert-test.yml"
+    test_file.write_text(json.dumps(spec))  # JSON is YAML
+    result = subprocess.run([promtool, "test", "rules", str(test_file)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
