@@ -323,25 +323,39 @@ class KafkaBroker:
 
         (Tansu's high watermarks can lag behind compressed batches, so they are not used.  A
         partition's first fetch can also come seconds after the others' on a busy machine:
-        a caller that knows how many messages were acknowledged says so with ``at_least``.)
+        a caller that knows how many messages were acknowledged says so with ``at_least``.
+        While fewer came, the topic's partitions are asked for again every ``quiet`` seconds
+        and the ones the first answer left out are read too: under a full test run the
+        broker once named only some partitions of a topic it had just created.)
         """
         from confluent_kafka import Consumer, TopicPartition
 
         consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": f"reader-{name}",
                              "enable.auto.commit": False, "allow.auto.create.topics": False})
-        try:
+
+        def partitions() -> set[int]:
             metadata = consumer.list_topics(name, timeout=10).topics.get(name)
-            if metadata is None or metadata.error is not None:
+            return set() if metadata is None or metadata.error is not None else set(metadata.partitions)
+
+        try:
+            assigned = partitions()
+            if not assigned:
                 return []
-            consumer.assign([TopicPartition(name, partition, 0) for partition in metadata.partitions])
+            consumer.assign([TopicPartition(name, partition, 0) for partition in sorted(assigned)])
             messages = []
             deadline = time.monotonic() + timeout
-            last = time.monotonic()
+            last = asked = time.monotonic()
             while (time.monotonic() - last < quiet or len(messages) < at_least) and time.monotonic() < deadline:
                 message = consumer.poll(0.2)
                 if message is not None and not message.error():
                     messages.append(message)
                     last = time.monotonic()
+                if len(messages) < at_least and time.monotonic() - asked > quiet:
+                    asked = time.monotonic()
+                    missing = partitions() - assigned
+                    if missing:
+                        consumer.incremental_assign([TopicPartition(name, partition, 0) for partition in sorted(missing)])
+                        assigned |= missing
             return messages
         finally:
             consumer.close()
