@@ -267,6 +267,10 @@ def tansu_binary() -> str | None:
     return str(path)
 
 
+#: seconds a topic reader waits for the messages it expects before it starts again
+READ_ATTEMPT = 10.0
+
+
 class KafkaBroker:
     """A Kafka-compatible broker (Tansu, topics in memory) on a loopback port; restartable."""
 
@@ -324,38 +328,34 @@ class KafkaBroker:
         (Tansu's high watermarks can lag behind compressed batches, so they are not used.  A
         partition's first fetch can also come seconds after the others' on a busy machine:
         a caller that knows how many messages were acknowledged says so with ``at_least``.
-        While fewer came, the topic's partitions are asked for again every ``quiet`` seconds
-        and the ones the first answer left out are read too: under a full test run the
-        broker once named only some partitions of a topic it had just created.)
+        A reader still short of them after ``READ_ATTEMPT`` seconds starts again with a new
+        consumer: under a full test run one read 5 of 20 acknowledged messages for 30 s.)
         """
+        deadline = time.monotonic() + timeout
+        messages: list = []
+        while True:
+            messages = self._read_once(name, quiet, min(deadline, time.monotonic() + READ_ATTEMPT), at_least)
+            if len(messages) >= at_least or time.monotonic() >= deadline:
+                return messages
+
+    def _read_once(self, name: str, quiet: float, deadline: float, at_least: int) -> list:
+        """One consumer's read of the whole topic (see :meth:`read_topic`)."""
         from confluent_kafka import Consumer, TopicPartition
 
         consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": f"reader-{name}",
                              "enable.auto.commit": False, "allow.auto.create.topics": False})
-
-        def partitions() -> set[int]:
-            metadata = consumer.list_topics(name, timeout=10).topics.get(name)
-            return set() if metadata is None or metadata.error is not None else set(metadata.partitions)
-
         try:
-            assigned = partitions()
-            if not assigned:
+            metadata = consumer.list_topics(name, timeout=10).topics.get(name)
+            if metadata is None or metadata.error is not None:
                 return []
-            consumer.assign([TopicPartition(name, partition, 0) for partition in sorted(assigned)])
+            consumer.assign([TopicPartition(name, partition, 0) for partition in metadata.partitions])
             messages = []
-            deadline = time.monotonic() + timeout
-            last = asked = time.monotonic()
+            last = time.monotonic()
             while (time.monotonic() - last < quiet or len(messages) < at_least) and time.monotonic() < deadline:
                 message = consumer.poll(0.2)
                 if message is not None and not message.error():
                     messages.append(message)
                     last = time.monotonic()
-                if len(messages) < at_least and time.monotonic() - asked > quiet:
-                    asked = time.monotonic()
-                    missing = partitions() - assigned
-                    if missing:
-                        consumer.incremental_assign([TopicPartition(name, partition, 0) for partition in sorted(missing)])
-                        assigned |= missing
             return messages
         finally:
             consumer.close()
