@@ -216,27 +216,27 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time ``pid`` has used, in seconds."""
+def _stat_cpu_seconds(path: str) -> float:
+    """User + system CPU time in a ``/proc`` ``stat`` file (a process's or a thread's), in seconds."""
     try:
-        with open(f"/proc/{pid}/stat") as handle:
+        with open(path) as handle:
             fields = handle.read().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
     except (OSError, IndexError, ValueError):
         return 0.0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time ``pid`` has used, in seconds."""
+    return _stat_cpu_seconds(f"/proc/{pid}/stat")
+
+
 def background_cpu_seconds(pid: int) -> float:
     """CPU seconds ``pid`` has used outside its main thread: in a Cortex worker the embedded
     dispatcher's threads (sinks, housekeeping) and the metrics flusher; a gunicorn sync
     worker serves requests in its main thread."""
-    try:
-        with open(f"/proc/{pid}/task/{pid}/stat") as handle:
-            fields = handle.read().rsplit(")", 1)[1].split()
-        main = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-    except (OSError, IndexError, ValueError):
-        return 0.0
-    return max(0.0, cpu_seconds(pid) - main)
+    main = _stat_cpu_seconds(f"/proc/{pid}/task/{pid}/stat")
+    return max(0.0, cpu_seconds(pid) - main) if main else 0.0
 
 
 def host_busy_seconds() -> float:

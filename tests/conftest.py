@@ -332,7 +332,6 @@ class KafkaBroker:
         consumer: under a full test run one read 5 of 20 acknowledged messages for 30 s.)
         """
         deadline = time.monotonic() + timeout
-        messages: list = []
         while True:
             messages = self._read_once(name, quiet, min(deadline, time.monotonic() + READ_ATTEMPT), at_least)
             if len(messages) >= at_least or time.monotonic() >= deadline:

@@ -16,7 +16,12 @@ from cortex.queue_lmdb import LMDBIngest, ingest_path
 from cortex.queue_shards import LMDB_MARK, ShardedQueue
 from test_privacy import ALICE, BOB, TAGS, person_bundles
 from test_queue import submit_from_threads
-from test_queue_shards import device_bundle, submit_while_moving
+from test_queue_shards import (
+    device_bundle,
+    post_refused_in_strict_mode,
+    replay_without_strict_mode,
+    submit_while_moving,
+)
 
 
 LMDB = {"ingest": "lmdb"}
@@ -168,22 +173,13 @@ def test_the_dedupe_window_forgets_old_keys_in_the_store(cortex):
 
 
 def test_ingest_errors_in_the_store_are_counted_listed_and_replayed(cortex):
-    cortex.state.control.set_app_strict("demo", "default", True)
-    cortex.state.keys.clear()
-    for device in range(8):
-        events = [{"type": "dau", "event_datetime": iso()}, {"type": "economy", "event_datetime": iso()}]
-        assert cortex.post(cortex.bundle(events, device_tag=f"strict-{device}")).status_code == 400
+    post_refused_in_strict_mode(cortex)
     assert len(store_rows(cortex.state.queue)["errors"]) == 16
     assert cortex.state.queue.counters()["demo"]["rejected"] == 16  # before they moved
     listed = cortex.cli("errors", "--org", "demo")
     assert listed.exit_code == 0 and listed.output.count("(request ") == 16, listed.output
     assert store_rows(cortex.state.queue)["errors"] == []  # listing them moved them
-    cortex.state.control.set_app_strict("demo", "default", False)
-    result = cortex.cli("replay", "--errors")
-    assert result.exit_code == 0, result.output
-    assert '"accepted": 8' in result.output and '"still_invalid": 8' in result.output
-    cortex.deliver()
-    assert cortex.sql("SELECT count(*) FROM events") == [(8,)]
+    replay_without_strict_mode(cortex)
 
 
 def test_a_data_subjects_deletion_reaches_the_store(make_cortex):
@@ -298,23 +294,16 @@ def test_reshard_moves_a_queue_to_the_store_and_back_losing_and_doubling_nothing
 
 
 def test_a_move_to_the_store_cut_short_leaves_a_working_queue(make_cortex, monkeypatch):
-    import cortex.queue_reshard as module
     from cortex.queue_reshard import reshard
-    from test_queue_reshard import post_all
+    from test_queue_reshard import post_all, reshard_killed_before_switch
 
     cortex = make_cortex(queue={"ingest": "sqlite", "shards": 1})  # keys in queue.db itself
     queue = cortex.state.queue
     bundles = [device_bundle(cortex, device) for device in range(10)]
     post_all(cortex, bundles)
 
-    def killed(*args):
-        raise RuntimeError("killed")
-
     # killed once the new store is written, before the queue switches to it
-    monkeypatch.setattr(module, "_switch", killed)
-    with pytest.raises(RuntimeError):
-        reshard(queue, ingest="lmdb")
-    monkeypatch.undo()
+    reshard_killed_before_switch(monkeypatch, queue, ingest="lmdb")
     assert queue.store == "sqlite" and (cortex.data_dir / "queue.ingest.g1.mdb").exists()  # never used
     post_all(cortex, bundles)
     assert queue.counters()["demo"] == {"accepted": 30, "duplicate": 30, "rejected": 0}

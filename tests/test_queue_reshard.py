@@ -189,6 +189,20 @@ def test_a_queue_with_plain_keys_cannot_be_resharded(tmp_path):
         reshard(queue, 65)
 
 
+def reshard_killed_before_switch(monkeypatch, queue, *args, **kwargs) -> None:
+    """Run :func:`reshard` as if the process died once the new shards or store are written,
+    before the queue switches to them."""
+    import cortex.queue_reshard as module
+
+    def killed(*_):
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(module, "_switch", killed)
+    with pytest.raises(RuntimeError):
+        reshard(queue, *args, **kwargs)
+    monkeypatch.undo()
+
+
 def test_a_reshard_cut_short_at_any_step_leaves_a_working_queue(make_cortex, monkeypatch):
     import cortex.queue_reshard as module
 
@@ -198,13 +212,7 @@ def test_a_reshard_cut_short_at_any_step_leaves_a_working_queue(make_cortex, mon
     post_all(cortex, bundles)
 
     # killed once the new shards are written, before the queue switches to them
-    def killed(*args):
-        raise RuntimeError("killed")
-
-    monkeypatch.setattr(module, "_switch", killed)
-    with pytest.raises(RuntimeError):
-        reshard(queue, 3)
-    monkeypatch.undo()
+    reshard_killed_before_switch(monkeypatch, queue, 3)
     assert queue.count == 2 and queue.generation == 0
     assert (cortex.data_dir / "queue.shard0.g1.db").exists()  # written, never used
     post_all(cortex, bundles)

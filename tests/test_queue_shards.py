@@ -247,19 +247,31 @@ def test_ingest_errors_of_every_shard_are_listed_replayed_and_expired(make_corte
     assert cortex.state.queue.ingest_errors(include_replayed=True) == []
 
 
-def test_replay_of_errors_in_every_shard(make_cortex):
-    cortex = make_cortex(queue={"shards": SHARDS, "ingest": "sqlite"})
+def post_refused_in_strict_mode(cortex, devices: int = 8) -> None:
+    """Post a bundle of a valid dau and an invalid economy event from each of ``devices``
+    devices while the app is strict: each is refused whole (16 ingest errors for 8)."""
     cortex.state.control.set_app_strict("demo", "default", True)
     cortex.state.keys.clear()
-    for device in range(8):
+    for device in range(devices):
         events = [{"type": "dau", "event_datetime": iso()}, {"type": "economy", "event_datetime": iso()}]
         assert cortex.post(cortex.bundle(events, device_tag=f"strict-{device}")).status_code == 400
+
+
+def replay_without_strict_mode(cortex) -> None:
+    """Turn strict mode off and replay the errors of :func:`post_refused_in_strict_mode`:
+    the 8 dau events are accepted and delivered, the 8 economy events stay invalid."""
     cortex.state.control.set_app_strict("demo", "default", False)
     result = cortex.cli("replay", "--errors")
     assert result.exit_code == 0, result.output
     assert '"accepted": 8' in result.output and '"still_invalid": 8' in result.output
     cortex.deliver()
     assert cortex.sql("SELECT count(*) FROM events") == [(8,)]
+
+
+def test_replay_of_errors_in_every_shard(make_cortex):
+    cortex = make_cortex(queue={"shards": SHARDS, "ingest": "sqlite"})
+    post_refused_in_strict_mode(cortex)
+    replay_without_strict_mode(cortex)
     assert '"accepted": 0' in cortex.cli("replay", "--errors").output
 
 
