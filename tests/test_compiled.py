@@ -1,11 +1,15 @@
-"""The compiled validators give exactly what marshmallow's Schema.load gives, on any input."""
+"""The compiled validators give exactly what marshmallow's Schema.load gives, on any input
+(and the hand-made canonical timestamps what ``isoformat`` gives)."""
 
 from __future__ import annotations
+
+from datetime import timezone
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cortex.ingest.fields import format_timestamp
 from cortex.ingest.pipeline import BUNDLE, EVENTS, LOG_LINE
 
 SCHEMAS = {"bundle": BUNDLE, "log": LOG_LINE, **EVENTS}
@@ -69,3 +73,10 @@ def test_numbers_refuse_what_is_not_a_finite_number(value, message):
 def test_event_index_must_be_whole():
     _, _, _, errors = EVENTS["event"].load({"type": "event", "event_datetime": "2024-01-01T00:00:00Z", "event_index": 1.5})
     assert errors == {"event_index": ["Must be an integer, not fractional."]}
+
+
+@settings(max_examples=500, deadline=None)
+@given(moment=st.datetimes(timezones=st.just(timezone.utc)))
+def test_canonical_timestamps_are_isoformat_with_milliseconds(moment):
+    # format_timestamp formats by hand for speed; it must stay what isoformat gives
+    assert format_timestamp(moment) == moment.replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
