@@ -1,7 +1,7 @@
 """What one ingest request costs Cortex's app in CPU, against the floor app, in-process.
 
     .venv/bin/python bench/request_bench.py [--requests 3000] [--sizes 1,10,100] [--profile N]
-                                            [--cold] [--stages]
+                                            [--cold] [--log-lines] [--stages]
 
 Both WSGI apps are called directly with a prepared environ (no server, no sockets), the
 Cortex app on its defaults in a temporary data directory with the dispatcher off (its cost
